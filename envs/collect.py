@@ -1,0 +1,185 @@
+"""Run a policy in vectorised envs and write every step into a replay.
+
+Gymnasium's vector envs reset an env on the step AFTER its episode ended (NEXT_STEP mode):
+that step ignores the action and returns the next episode's first observation with reward 0.
+`collect` turns this into clean episodes: the reset step starts a new staged episode in the
+replay, it is not a transition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+Policy = Callable[[np.ndarray], np.ndarray]  # observations (N, ...) -> actions (N, A)
+
+
+@dataclass
+class EpisodeStats:
+    """One finished episode: undiscounted return, length in policy steps, how it ended."""
+
+    ret: float
+    length: int
+    terminated: bool
+
+
+def random_policy(action_space: gym.Space, seed: int | None = None) -> Policy:
+    """Uniform random actions for a batched action space (N, A)."""
+    rng = np.random.default_rng(seed)
+    low, high = action_space.low, action_space.high
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return rng.uniform(low, high).astype(action_space.dtype)
+
+    return act
+
+
+class Collector:
+    """Steps a vector env with a policy; stages transitions per env in `replay` (optional).
+
+    The collector keeps the envs' current observations between calls, so `run` can be called
+    repeatedly (e.g. one episode between training phases) without cutting episodes short.
+    """
+
+    def __init__(self, vec_env: gym.vector.VectorEnv, replay=None, seed: int | None = None):
+        self.env, self.replay = vec_env, replay
+        self.num_envs = vec_env.num_envs
+        self.obs, _ = vec_env.reset(seed=seed)
+        self._resetting = np.zeros(self.num_envs, bool)
+        self._returns = np.zeros(self.num_envs)
+        self._lengths = np.zeros(self.num_envs, int)
+        if replay is not None:
+            for i in range(self.num_envs):
+                replay.add_reset(self.obs[i], worker=i)
+
+    def run(
+        self,
+        policy: Policy,
+        episodes: int | None = None,
+        steps: int | None = None,
+        progress=None,
+    ) -> list[EpisodeStats]:
+        """Step until `episodes` more episodes have finished or `steps` more transitions
+        (summed over envs) were taken, whichever comes first.
+
+        Args:
+            policy: observations (N, ...) -> actions (N, A).
+            progress: optional tqdm-like bar, advanced by transitions taken.
+        Returns:
+            the episodes that finished during this call.
+        """
+        if episodes is None and steps is None:
+            raise ValueError("Collector.run needs a budget: episodes=..., steps=... or both")
+        finished: list[EpisodeStats] = []
+        taken = 0
+        while (episodes is None or len(finished) < episodes) and (steps is None or taken < steps):
+            actions = np.asarray(policy(self.obs))
+            next_obs, rewards, terminated, truncated, _ = self.env.step(actions)
+            for i in range(self.num_envs):
+                if self._resetting[i]:  # auto-reset step: the first observation of an episode
+                    if self.replay is not None:
+                        self.replay.add_reset(next_obs[i], worker=i)
+                    self._returns[i], self._lengths[i] = 0.0, 0
+                    continue
+                if self.replay is not None:
+                    self.replay.add_step(actions[i], rewards[i], next_obs[i],
+                                         bool(terminated[i]), bool(truncated[i]), worker=i)  # fmt: skip
+                self._returns[i] += rewards[i]
+                self._lengths[i] += 1
+                taken += 1
+                if terminated[i] or truncated[i]:
+                    finished.append(EpisodeStats(float(self._returns[i]), int(self._lengths[i]),
+                                                 bool(terminated[i])))  # fmt: skip
+            if progress is not None:
+                progress.update(int((~self._resetting).sum()))
+            self._resetting = np.logical_or(terminated, truncated)
+            self.obs = next_obs
+        return finished
+
+
+# -- the collection job behind scripts/collect.py ---------------------------------------------
+
+
+@dataclass
+class CollectConfig:
+    """Random-policy episodes into a run directory, optionally exported as a Minari dataset."""
+
+    env: str = "dmc:cartpole-swingup"
+    logdir: str = "runs/collect"
+    seed: int = 0
+    episodes: int = 100
+    num_envs: int = 4
+    obs_type: str | None = None  # None: the env's default (pixels for dmc:, native for gym:)
+    action_repeat: int | None = None  # None: the env's default (PlaNet's for dmc:)
+    capacity: int = 1_000_000
+    checkpoint_every: int = 10  # episodes
+    dataset_id: str | None = None  # export the episodes as this Minari dataset at the end
+    ref_min_score: float | None = None  # None: the mean return of the random episodes
+    ref_max_score: float | None = None  # required with dataset_id
+
+
+COLLECT_PRESETS = {"default": {}, "smoke": {"episodes": 4, "num_envs": 2, "checkpoint_every": 2}}
+
+
+def env_options(cfg: CollectConfig) -> dict:
+    """The `envs.make` options a config asks for (unset ones keep the env's defaults)."""
+    options = {}
+    if cfg.obs_type is not None:
+        options["obs_type"] = cfg.obs_type
+    if cfg.action_repeat is not None:
+        options["action_repeat"] = cfg.action_repeat
+    return options
+
+
+def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
+    """Collect `cfg.episodes` random episodes; resumable. Returns a summary dict."""
+    from envs.datasets import export_replay
+    from envs.registry import make, make_vector
+    from envs.replay import EpisodeReplay
+    from infra import Logger, load_checkpoint, prepare_run_dir, progress, save_checkpoint, save_config
+
+    if cfg.dataset_id is not None and cfg.ref_max_score is None:
+        raise ValueError("--dataset-id needs --ref-max-score (an expert's return, for normalised scores)")
+    run_dir = prepare_run_dir(cfg.logdir, resume)
+    meta = {"job": "collect", "env": cfg.env}
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume:
+        state = load_checkpoint(ckpt_path, expect_meta=meta)
+        replay = EpisodeReplay.load(run_dir / "replay", cfg.capacity, max_episodes=state["episodes"])
+        returns = list(state["returns"])
+    else:
+        save_config(cfg, run_dir)
+        replay = EpisodeReplay(cfg.capacity, directory=run_dir / "replay")
+        returns = []
+    done = replay.total_episodes
+    logger = Logger(run_dir, resume_step=replay.total_steps if resume else None)
+    # Fresh seeds after a resume: the interrupted envs' states cannot be restored.
+    seed = cfg.seed + 1000 * done
+    vec = make_vector(cfg.env, min(cfg.num_envs, max(cfg.episodes - done, 1)), seed=seed,
+                      **env_options(cfg))  # fmt: skip
+    collector = Collector(vec, replay, seed=seed)
+    policy = random_policy(vec.action_space, seed=seed)
+    bar = progress(cfg.episodes, initial=done, desc="collect", unit="episode")
+    try:
+        while done < cfg.episodes:
+            budget = min(cfg.checkpoint_every, cfg.episodes - done)
+            for stats in collector.run(policy, episodes=budget):
+                returns.append(stats.ret)
+                logger.log(replay.total_steps, {"collect/return": stats.ret, "collect/length": stats.length})
+            done = replay.total_episodes
+            bar.update(done - bar.n)
+            save_checkpoint(ckpt_path, {"episodes": done, "returns": returns}, meta=meta)
+    finally:
+        bar.close()
+        vec.close()
+        logger.close()
+    summary = {"episodes": done, "steps": replay.total_steps, "mean_return": float(np.mean(returns))}
+    if cfg.dataset_id is not None:
+        ref_min = summary["mean_return"] if cfg.ref_min_score is None else cfg.ref_min_score
+        export_replay(replay, cfg.dataset_id, make(cfg.env, **env_options(cfg)), ref_min, cfg.ref_max_score,
+                      algorithm_name="random", description=f"Random-policy episodes of {cfg.env}.")  # fmt: skip
+        summary["dataset_id"] = cfg.dataset_id
+    return summary

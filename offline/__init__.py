@@ -1,0 +1,1 @@
+"""MOReL and the model-free offline baseline suite, on Minari datasets (`envs.load_dataset`)."""

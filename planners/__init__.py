@@ -1,0 +1,2 @@
+"""What chooses actions with a model: CEM-MPC, CMA-ES controllers, the imagination actor-critic
+and NPG. Planners see models only through `worldmodels.WorldModel`."""

@@ -1,0 +1,116 @@
+"""Throughput benchmarks: what the toolkit's speed claims rest on.
+
+    python scripts/benchmark.py                      # every section
+    python scripts/benchmark.py --only render        # pixel env steps/s, fast vs dm-control default
+    python scripts/benchmark.py --only replay        # sampling 16 x 50 frames from a full replay
+    python scripts/benchmark.py --json out.json      # also write the figures as JSON
+
+Figures are medians over repeats, printed as a table; nothing here is asserted by tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+import envs
+from envs.replay import EpisodeReplay
+
+RENDER_TASKS = ("dmc:cartpole-swingup", "dmc:walker-walk", "dmc:cheetah-run")
+
+
+def env_steps_per_second(env_id: str, steps: int, fast_render: bool, seed: int = 0) -> float:
+    """Rendered env steps/s at 64 x 64 with action_repeat=1 and random actions (resets included)."""
+    env = envs.make(env_id, seed=seed, action_repeat=1, fast_render=fast_render)
+    rng = np.random.default_rng(seed)
+    shape = env.action_space.shape
+    env.reset()
+    for _ in range(20):  # warm-up: GL context, shader compilation
+        env.step(rng.uniform(-1, 1, shape))
+    start = time.perf_counter()
+    for _ in range(steps):
+        _, _, terminated, truncated, _ = env.step(rng.uniform(-1, 1, shape))
+        if terminated or truncated:
+            env.reset()
+    elapsed = time.perf_counter() - start
+    env.close()
+    return steps / elapsed
+
+
+def bench_render(steps: int, default_steps: int) -> list[dict]:
+    rows = []
+    for env_id in RENDER_TASKS:
+        fast = env_steps_per_second(env_id, steps, fast_render=True)
+        default = env_steps_per_second(env_id, default_steps, fast_render=False)
+        rows.append(
+            {"task": env_id, "fast_steps_per_s": fast, "default_steps_per_s": default,
+             "speedup": fast / default}
+        )  # fmt: skip
+    return rows
+
+
+def bench_replay(capacity: int, batch: int, length: int, repeats: int) -> dict:
+    """Median time to sample (batch, length) chunks of 64 x 64 x 3 uint8 frames, replay full."""
+    rng = np.random.default_rng(0)
+    replay = EpisodeReplay(capacity, seed=0)
+    steps = 500  # episodes of 500 transitions, as walker-walk at action repeat 2
+    frames = rng.integers(0, 256, (steps + 1, 64, 64, 3), dtype=np.uint8)
+    for _ in range(capacity // (steps + 1) + 2):  # one episode more than fits: the ring wraps
+        replay.add_episode(
+            {"observations": frames,
+             "actions": rng.uniform(-1, 1, (steps, 6)).astype(np.float32),
+             "rewards": rng.random(steps).astype(np.float32),
+             "terminations": np.zeros(steps, bool),
+             "truncations": np.eye(1, steps, steps - 1, dtype=bool)[0]}
+        )  # fmt: skip
+    for _ in range(5):
+        replay.sample(batch, length)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        replay.sample(batch, length)
+        times.append(time.perf_counter() - start)
+    return {"capacity": capacity, "rows": len(replay), "batch": f"{batch} x {length}",
+            "median_ms": 1e3 * float(np.median(times)), "p90_ms": 1e3 * float(np.percentile(times, 90))}  # fmt: skip
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="render,replay", help="comma-separated sections: render, replay")
+    parser.add_argument("--render-steps", type=int, default=2000, help="steps per task, fast renderer")
+    parser.add_argument("--default-steps", type=int, default=300, help="steps per task, dm-control's default renderer")
+    parser.add_argument("--replay-capacity", type=int, default=100_000, help="replay rows (env steps)")
+    parser.add_argument("--replay-repeats", type=int, default=200, help="timed samples")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = sections - {"render", "replay"}
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from render, replay")
+
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}"}
+    if "render" in sections:
+        rows = bench_render(args.render_steps, args.default_steps)
+        results["render"] = rows
+        print("\nPixel env steps/s (64 x 64, action_repeat=1, random actions, resets included)")
+        print(f"{'task':24s} {'fast':>10s} {'dm-control default':>20s} {'speed-up':>9s}")
+        for r in rows:
+            print(f"{r['task']:24s} {r['fast_steps_per_s']:10.0f} {r['default_steps_per_s']:20.0f} "
+                  f"{r['speedup']:8.1f}x")  # fmt: skip
+    if "replay" in sections:
+        r = bench_replay(args.replay_capacity, 16, 50, args.replay_repeats)
+        results["replay"] = r
+        print(f"\nReplay sample {r['batch']} of 64x64x3 uint8 from a full replay "
+              f"({r['rows']} rows): median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Collect random-policy episodes into a run directory and, optionally, a Minari dataset.
+
+    python scripts/collect.py --env dmc:cartpole-swingup --preset smoke --logdir runs/collect
+    python scripts/collect.py --env gym:Hopper-v5 --episodes 100 --logdir runs/hopper-random \\
+        --dataset-id wmrl/hopper-random-v0 --ref-max-score 3234
+    python scripts/collect.py --logdir runs/collect --resume        # continue an interrupted run
+"""
+
+from envs.collect import COLLECT_PRESETS, CollectConfig, run_collect
+from infra import parse_config
+
+
+def main(argv=None):
+    cfg, resume = parse_config(CollectConfig, COLLECT_PRESETS, argv=argv, description=__doc__)
+    summary = run_collect(cfg, resume=resume)
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+
+
+if __name__ == "__main__":
+    main()
