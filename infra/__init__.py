@@ -1,0 +1,43 @@
+"""Run infrastructure shared by every layer (and importing none of them): dataclass configs with
+command-line overrides and presets, the logger (TensorBoard, metrics.jsonl, GIFs), progress bars,
+atomic checkpoints and run directories, seeding and device choice."""
+
+from infra.checkpoint import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    load_checkpoint,
+    prepare_run_dir,
+    save_checkpoint,
+)
+from infra.config import (
+    ConfigError,
+    apply_overrides,
+    atomic_write_text,
+    load_config,
+    parse_config,
+    save_config,
+    to_dict,
+)
+from infra.logger import Logger, encode_gif, progress, read_metrics
+from infra.runtime import resolve_device, seed_everything
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "CheckpointError",
+    "ConfigError",
+    "Logger",
+    "apply_overrides",
+    "atomic_write_text",
+    "encode_gif",
+    "load_checkpoint",
+    "load_config",
+    "parse_config",
+    "prepare_run_dir",
+    "progress",
+    "read_metrics",
+    "resolve_device",
+    "save_checkpoint",
+    "save_config",
+    "seed_everything",
+    "to_dict",
+]

@@ -1,0 +1,56 @@
+"""Seeding and device choice, the two things every training script does first."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> np.random.Generator:
+    """Seed Python's, NumPy's and PyTorch's (CPU and CUDA) generators; returns a fresh NumPy
+    Generator seeded with `seed` for code that takes one explicitly.
+
+    Args:
+        deterministic: also ask PyTorch for deterministic kernels (slower on GPU; some ops then
+            raise instead of running nondeterministically).
+    """
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    return np.random.default_rng(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`--device auto|cpu|cuda|cuda:N` -> a torch.device; "auto" takes CUDA when there is one.
+
+    Asking for CUDA on a machine without it is an error (rather than a silent CPU run that takes
+    a hundred times longer).
+    """
+    name = str(name).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"--device {name}: this PyTorch ({torch.__version__}) sees no CUDA device; use "
+                "--device cpu, or install a CUDA build of torch on a machine with a GPU"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible"
+            )
+    elif device.type != "cpu":
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    return device

@@ -1,0 +1,124 @@
+"""infra.config: flags for every field, presets, precedence, resume, and errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from infra import ConfigError, load_config, parse_config, save_config
+from infra.config import from_dict, to_dict
+
+
+@dataclass
+class Model:
+    deter: int = 200  # deterministic GRU state
+    free_nats: float = 3.0
+    act: Literal["elu", "relu"] = "elu"
+
+
+@dataclass
+class Config:
+    logdir: str = "runs/x"
+    seed: int = 0
+    steps: int = 1000
+    lr: float = 1e-3
+    device: str = "auto"
+    dataset_id: str | None = None
+    size: tuple[int, int] = (64, 64)
+    layers: tuple[int, ...] = (400, 400)
+    compile: bool = False
+    model: Model = field(default_factory=Model)
+
+
+PRESETS = {"smoke": {"steps": 10, "model.deter": 16}}
+
+
+def test_defaults_are_the_dataclass():
+    cfg, resume = parse_config(Config, PRESETS, argv=[])
+    assert cfg == Config() and resume is False
+
+
+def test_every_kind_of_field_parses():
+    argv = ["--steps", "1e5", "--lr", "3e-4", "--dataset-id", "d4rl/hopper-v0", "--size", "32",
+            "48", "--layers", "64", "64", "64", "--compile", "--model.free-nats", "1.5",
+            "--model.act", "relu", "--model.deter", "30"]  # fmt: skip
+    cfg, _ = parse_config(Config, PRESETS, argv=argv)
+    assert cfg.steps == 100_000 and isinstance(cfg.steps, int)
+    assert cfg.lr == 3e-4 and cfg.dataset_id == "d4rl/hopper-v0"
+    assert cfg.size == (32, 48) and cfg.layers == (64, 64, 64) and cfg.compile is True
+    assert cfg.model == Model(deter=30, free_nats=1.5, act="relu")
+    cfg, _ = parse_config(Config, argv=["--dataset_id", "none", "--compile", "false"])
+    assert cfg.dataset_id is None and cfg.compile is False
+
+
+def test_preset_then_flags():
+    cfg, _ = parse_config(Config, PRESETS, argv=["--preset", "smoke"])
+    assert (cfg.steps, cfg.model.deter) == (10, 16)
+    cfg, _ = parse_config(Config, PRESETS, argv=["--model.deter", "8", "--preset", "smoke"])
+    assert (cfg.steps, cfg.model.deter) == (10, 8)  # flags win, whatever their order
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "1.5"], "expected an integer"),
+        (["--model.act", "tanh"], "expected one of"),
+        (["--compile", "maybe"], "expected true or false"),
+        (["--size", "1", "2", "3"], "expected 2 values"),
+        (["--preset", "huge"], "invalid choice"),
+        (["--stepz", "3"], "unrecognized arguments"),
+        (["--seed", "none"], "expected an integer|none is not allowed"),
+    ],
+)
+def test_bad_flags_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Config, PRESETS, argv=argv)
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_bad_preset_field_is_named():
+    with pytest.raises(SystemExit):
+        parse_config(Config, {"bad": {"model.detr": 3}}, argv=["--preset", "bad"])
+
+
+def test_config_round_trips_through_json(tmp_path):
+    cfg = dataclasses.replace(Config(), size=(8, 8), dataset_id="x", model=Model(deter=5))
+    save_config(cfg, tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["deter"] == 5
+    assert load_config(Config, tmp_path) == cfg
+    assert from_dict(Config, to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="unknown config field 'model.width'"):
+        from_dict(Config, {"model": {"width": 3}})
+
+
+def test_resume_keeps_the_saved_config_and_applies_new_flags(tmp_path):
+    logdir = str(tmp_path / "run")
+    cfg, _ = parse_config(Config, PRESETS, argv=["--logdir", logdir, "--preset", "smoke",
+                                                 "--lr", "0.5"])  # fmt: skip
+    (tmp_path / "run").mkdir()
+    save_config(cfg, logdir)
+    resumed, resume = parse_config(Config, PRESETS, argv=["--logdir", logdir, "--resume",
+                                                          "--steps", "50"])  # fmt: skip
+    assert resume is True
+    assert resumed == dataclasses.replace(cfg, steps=50)  # lr 0.5 and deter 16 kept
+
+
+def test_resume_without_a_run_names_the_logdir(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Config, argv=["--logdir", str(tmp_path / "nothing"), "--resume"])
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_help_lists_every_field_with_its_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(Config, PRESETS, argv=["--help"], description="A test script.")
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for flag in ("--model.free_nats", "--model.free-nats", "--dataset-id", "--preset", "--resume"):
+        assert flag in out
+    assert "[3.0]" in out and "[[64, 64]]" in out and "deterministic GRU state [200]" in out
