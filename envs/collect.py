@@ -85,8 +85,14 @@ class Collector:
                     self._returns[i], self._lengths[i] = 0.0, 0
                     continue
                 if self.replay is not None:
-                    self.replay.add_step(actions[i], rewards[i], next_obs[i],
-                                         bool(terminated[i]), bool(truncated[i]), worker=i)  # fmt: skip
+                    self.replay.add_step(
+                        actions[i],
+                        rewards[i],
+                        next_obs[i],
+                        bool(terminated[i]),
+                        bool(truncated[i]),
+                        worker=i,
+                    )
                 self._returns[i] += rewards[i]
                 self._lengths[i] += 1
                 taken += 1
@@ -107,18 +113,18 @@ class Collector:
 class CollectConfig:
     """Random-policy episodes into a run directory, optionally exported as a Minari dataset."""
 
-    env: str = "dmc:cartpole-swingup"
-    logdir: str = "runs/collect"
-    seed: int = 0
-    episodes: int = 100
-    num_envs: int = 4
-    obs_type: str | None = None  # None: the env's default (pixels for dmc:, native for gym:)
-    action_repeat: int | None = None  # None: the env's default (PlaNet's for dmc:)
-    capacity: int = 1_000_000
-    checkpoint_every: int = 10  # episodes
+    env: str = "dmc:cartpole-swingup"  # dmc:<domain>-<task> or gym:<gymnasium id>
+    logdir: str = "runs/collect"  # the run directory
+    seed: int = 0  # env i of the vector is seeded with seed + i
+    episodes: int = 100  # the budget: episodes to collect (at least; envs finish together)
+    num_envs: int = 4  # envs stepping at once, one process each
+    obs_type: str | None = None  # pixels or state; none: the env's default (pixels for dmc:)
+    action_repeat: int | None = None  # none: the env's default (PlaNet's for dmc:)
+    capacity: int = 1_000_000  # replay rows (env steps) kept in memory
+    checkpoint_every: int = 10  # episodes between checkpoints
     dataset_id: str | None = None  # export the episodes as this Minari dataset at the end
-    ref_min_score: float | None = None  # None: the mean return of the random episodes
-    ref_max_score: float | None = None  # required with dataset_id
+    ref_min_score: float | None = None  # none: the mean return of the random episodes
+    ref_max_score: float | None = None  # an expert's return; required with dataset_id
 
 
 COLLECT_PRESETS = {"default": {}, "smoke": {"episodes": 4, "num_envs": 2, "checkpoint_every": 2}}
@@ -139,16 +145,27 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
     from envs.datasets import export_replay
     from envs.registry import make, make_vector
     from envs.replay import EpisodeReplay
-    from infra import Logger, load_checkpoint, prepare_run_dir, progress, save_checkpoint, save_config
+    from infra import (
+        Logger,
+        load_checkpoint,
+        prepare_run_dir,
+        progress,
+        save_checkpoint,
+        save_config,
+    )
 
     if cfg.dataset_id is not None and cfg.ref_max_score is None:
-        raise ValueError("--dataset-id needs --ref-max-score (an expert's return, for normalised scores)")
+        raise ValueError(
+            "--dataset-id needs --ref-max-score (an expert's return, for normalised scores)"
+        )
     run_dir = prepare_run_dir(cfg.logdir, resume)
     meta = {"job": "collect", "env": cfg.env}
     ckpt_path = run_dir / "checkpoint.pt"
     if resume:
         state = load_checkpoint(ckpt_path, expect_meta=meta)
-        replay = EpisodeReplay.load(run_dir / "replay", cfg.capacity, max_episodes=state["episodes"])
+        replay = EpisodeReplay.load(
+            run_dir / "replay", cfg.capacity, max_episodes=state["episodes"]
+        )
         returns = list(state["returns"])
     else:
         save_config(cfg, run_dir)
@@ -168,7 +185,10 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
             budget = min(cfg.checkpoint_every, cfg.episodes - done)
             for stats in collector.run(policy, episodes=budget):
                 returns.append(stats.ret)
-                logger.log(replay.total_steps, {"collect/return": stats.ret, "collect/length": stats.length})
+                logger.log(
+                    replay.total_steps,
+                    {"collect/return": stats.ret, "collect/length": stats.length},
+                )
             done = replay.total_episodes
             bar.update(done - bar.n)
             save_checkpoint(ckpt_path, {"episodes": done, "returns": returns}, meta=meta)
@@ -176,10 +196,21 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
         bar.close()
         vec.close()
         logger.close()
-    summary = {"episodes": done, "steps": replay.total_steps, "mean_return": float(np.mean(returns))}
+    summary = {
+        "episodes": done,
+        "steps": replay.total_steps,
+        "mean_return": float(np.mean(returns)),
+    }
     if cfg.dataset_id is not None:
         ref_min = summary["mean_return"] if cfg.ref_min_score is None else cfg.ref_min_score
-        export_replay(replay, cfg.dataset_id, make(cfg.env, **env_options(cfg)), ref_min, cfg.ref_max_score,
-                      algorithm_name="random", description=f"Random-policy episodes of {cfg.env}.")  # fmt: skip
+        export_replay(
+            replay,
+            cfg.dataset_id,
+            make(cfg.env, **env_options(cfg)),
+            ref_min,
+            cfg.ref_max_score,
+            algorithm_name="random",
+            description=f"Random-policy episodes of {cfg.env}.",
+        )
         summary["dataset_id"] = cfg.dataset_id
     return summary

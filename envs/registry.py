@@ -1,9 +1,9 @@
 """`make(env_id)`: one entry point for dm-control and gymnasium environments.
 
-    dmc:<domain>-<task>   a dm-control suite task (`envs.dmc.DMCEnv`), also registered with
-                          gymnasium as `dmc/<domain>-<task>-v0`
-    gym:<id>              any gymnasium id, with the toolkit's conventions: Box actions rescaled
-                          to [-1, 1], optional pixel observations, image observations resized
+dmc:<domain>-<task>   a dm-control suite task (`envs.dmc.DMCEnv`), also registered with
+                      gymnasium as `dmc/<domain>-<task>-v0`
+gym:<id>              any gymnasium id, with the toolkit's conventions: Box actions rescaled
+                      to [-1, 1], optional pixel observations, image observations resized
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def register_all() -> None:
 
 
 def parse_dmc_id(name: str) -> tuple[str, str]:
-    """`"cartpole-swingup"` -> ("cartpole", "swingup"); `"cup-catch"` -> ("ball_in_cup", "catch")."""
+    """`"cartpole-swingup"` -> ("cartpole", "swingup"); `"cup-catch"` -> ("ball_in_cup",
+    "catch")."""
     from envs.dmc import DOMAIN_ALIASES
 
     domain, sep, task = name.partition("-")
@@ -146,8 +147,15 @@ def make_gym(
         else:
             env = gym.make(gym_id, **kwargs)
     except gym.error.Error as exc:
-        if not isinstance(exc, (gym.error.NameNotFound, gym.error.NamespaceNotFound,
-                                gym.error.VersionNotFound, gym.error.UnregisteredEnv)):
+        if not isinstance(
+            exc,
+            (
+                gym.error.NameNotFound,
+                gym.error.NamespaceNotFound,
+                gym.error.VersionNotFound,
+                gym.error.UnregisteredEnv,
+            ),
+        ):
             raise
         close = difflib.get_close_matches(gym_id, sorted(gym.registry), n=5, cutoff=0.6)
         hint = f" Did you mean {', '.join('gym:' + c for c in close)}?" if close else ""

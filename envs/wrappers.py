@@ -59,7 +59,9 @@ class ResizeImage(gym.ObservationWrapper, RecordConstructorArgs):
         RecordConstructorArgs.__init__(self, size=tuple(size))
         gym.ObservationWrapper.__init__(self, env)
         if not is_image_space(env.observation_space):
-            raise ValueError(f"ResizeImage needs a uint8 (H, W, C) image space, got {env.observation_space}")
+            raise ValueError(
+                f"ResizeImage needs a uint8 (H, W, C) image space, got {env.observation_space}"
+            )
         self.size = (int(size[0]), int(size[1]))
         channels = env.observation_space.shape[-1]
         self.observation_space = gym.spaces.Box(0, 255, (*self.size, channels), np.uint8)

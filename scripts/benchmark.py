@@ -75,16 +75,34 @@ def bench_replay(capacity: int, batch: int, length: int, repeats: int) -> dict:
         start = time.perf_counter()
         replay.sample(batch, length)
         times.append(time.perf_counter() - start)
-    return {"capacity": capacity, "rows": len(replay), "batch": f"{batch} x {length}",
-            "median_ms": 1e3 * float(np.median(times)), "p90_ms": 1e3 * float(np.percentile(times, 90))}  # fmt: skip
+    return {
+        "capacity": capacity,
+        "rows": len(replay),
+        "batch": f"{batch} x {length}",
+        "median_ms": 1e3 * float(np.median(times)),
+        "p90_ms": 1e3 * float(np.percentile(times, 90)),
+    }
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="render,replay", help="comma-separated sections: render, replay")
-    parser.add_argument("--render-steps", type=int, default=2000, help="steps per task, fast renderer")
-    parser.add_argument("--default-steps", type=int, default=300, help="steps per task, dm-control's default renderer")
-    parser.add_argument("--replay-capacity", type=int, default=100_000, help="replay rows (env steps)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--only", default="render,replay", help="comma-separated sections: render, replay"
+    )
+    parser.add_argument(
+        "--render-steps", type=int, default=2000, help="steps per task, fast renderer"
+    )
+    parser.add_argument(
+        "--default-steps",
+        type=int,
+        default=300,
+        help="steps per task, dm-control's default renderer",
+    )
+    parser.add_argument(
+        "--replay-capacity", type=int, default=100_000, help="replay rows (env steps)"
+    )
     parser.add_argument("--replay-repeats", type=int, default=200, help="timed samples")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -93,7 +111,9 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from render, replay")
 
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {platform.system()}"}
+    results: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}"
+    }
     if "render" in sections:
         rows = bench_render(args.render_steps, args.default_steps)
         results["render"] = rows
@@ -105,8 +125,10 @@ def main(argv=None) -> dict:
     if "replay" in sections:
         r = bench_replay(args.replay_capacity, 16, 50, args.replay_repeats)
         results["replay"] = r
-        print(f"\nReplay sample {r['batch']} of 64x64x3 uint8 from a full replay "
-              f"({r['rows']} rows): median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms")  # fmt: skip
+        print(
+            f"\nReplay sample {r['batch']} of 64x64x3 uint8 from a full replay "
+            f"({r['rows']} rows): median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

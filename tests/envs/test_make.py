@@ -171,7 +171,10 @@ def test_unknown_env_ids_are_named(env_id, expected):
 
 @pytest.mark.parametrize(
     "variables",
-    [{"MUJOCO_GL": "bogus"}, {"MUJOCO_GL": "egl", "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent.json"}],
+    [
+        {"MUJOCO_GL": "bogus"},
+        {"MUJOCO_GL": "egl", "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent.json"},
+    ],
 )
 def test_missing_gl_backend_names_the_fix(variables):
     code = "import envs; envs.make('dmc:cartpole-swingup').reset()"
