@@ -6,6 +6,15 @@
     gymnasium.make("dmc/cartpole-swingup-v0")    the same envs, registered on `import envs`
 """
 
+from envs.datasets import (
+    DatasetMismatchError,
+    DatasetNotFoundError,
+    OfflineDataset,
+    export_replay,
+    load_dataset,
+    to_transitions,
+    write_dataset,
+)
 from envs.dmc import DMCEnv, RenderBackendError
 from envs.registry import UnknownEnvError, make, make_gym, make_vector, register_all
 
@@ -13,10 +22,17 @@ register_all()
 
 __all__ = [
     "DMCEnv",
+    "DatasetMismatchError",
+    "DatasetNotFoundError",
+    "OfflineDataset",
     "RenderBackendError",
     "UnknownEnvError",
+    "export_replay",
+    "load_dataset",
     "make",
     "make_gym",
     "make_vector",
     "register_all",
+    "to_transitions",
+    "write_dataset",
 ]
