@@ -180,15 +180,16 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
     collector = Collector(vec, replay, seed=seed)
     policy = random_policy(vec.action_space, seed=seed)
     bar = progress(cfg.episodes, initial=done, desc="collect", unit="episode")
+    # Episodes are committed in the order `run` reports them, so a running sum of their lengths
+    # is the env-step count at which each one ended, even when several end on the same step.
+    step = replay.total_steps
     try:
         while done < cfg.episodes:
             budget = min(cfg.checkpoint_every, cfg.episodes - done)
             for stats in collector.run(policy, episodes=budget):
                 returns.append(stats.ret)
-                logger.log(
-                    replay.total_steps,
-                    {"collect/return": stats.ret, "collect/length": stats.length},
-                )
+                step += stats.length
+                logger.log(step, {"collect/return": stats.ret, "collect/length": stats.length})
             done = replay.total_episodes
             bar.update(done - bar.n)
             save_checkpoint(ckpt_path, {"episodes": done, "returns": returns}, meta=meta)
