@@ -1,0 +1,130 @@
+"""Networks shared by the dynamics models: the World Models conv encoder and decoder (Ha and
+Schmidhuber 2018, as PlaNet uses them), MLP variants for vector observations, and PlaNet's pixel
+preprocessing.
+
+Pixels are (..., H, W, C) uint8 everywhere outside the networks; the conv nets move channels
+first themselves, so a model's `decode` returns frames in the same layout as its input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+def preprocess_obs(obs: torch.Tensor, bits: int = 5, noise: bool = True) -> torch.Tensor:
+    """uint8 pixels -> float in [-0.5, 0.5), quantised to `bits` bits (PlaNet's `preprocess`).
+
+    x = floor(obs / 2**(8 - bits)) / 2**bits + U(0, 1 / 2**bits) - 0.5. The uniform noise
+    dequantises: the decoder's Gaussian then models a density over each bin rather than
+    spikes at 2**bits values. Call it on the device: the uint8 tensor is what crosses the bus.
+
+    Args:
+        obs: (..., H, W, C) uint8 (any integer or float dtype holding 0..255 works).
+    Returns:
+        (..., H, W, C) float32, on obs's device.
+    """
+    bins = 2**bits
+    x = obs.float()
+    if bits < 8:
+        x = torch.floor(x / 2 ** (8 - bits))
+    x = x / bins
+    if noise:
+        x = x + torch.rand_like(x) / bins
+    return x - 0.5
+
+
+def postprocess_obs(x: torch.Tensor, bits: int = 5) -> torch.Tensor:
+    """The inverse of `preprocess_obs` (PlaNet's `postprocess`): a decoded frame (..., H, W, C)
+    in [-0.5, 0.5) -> uint8 (..., H, W, C) for GIFs, each value the bottom of its bin."""
+    bins = 2**bits
+    x = torch.floor(bins * (x + 0.5)) * (256 / bins)
+    return x.clamp(0, 255).to(torch.uint8)
+
+
+def mlp(in_dim: int, out_dim: int, hidden: int, layers: int, act=nn.ReLU) -> nn.Sequential:
+    """`layers` hidden Linear+act layers of width `hidden`, then a linear output layer."""
+    dims = [in_dim] + [hidden] * layers
+    modules: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:], strict=True):
+        modules += [nn.Linear(a, b), act()]
+    modules.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*modules)
+
+
+class ConvEncoder(nn.Module):
+    """World Models encoder: 4 convs (32-64-128-256 channels, kernel 4, stride 2, ReLU).
+
+    (..., 64, 64, C) float -> (..., 1024): 64 -> 31 -> 14 -> 6 -> 2 pixels, 2 * 2 * 256 = 1024.
+    """
+
+    embed_dim = 1024
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip((channels, 32, 64, 128), (32, 64, 128, 256), strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Flatten())
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        lead = obs.shape[:-3]
+        x = rearrange(obs, "... h w c -> (...) c h w")
+        return self.net(x).reshape(*lead, self.embed_dim)
+
+
+class ConvDecoder(nn.Module):
+    """World Models decoder: dense to 1024, reshape to 1024x1x1, deconvs (kernels 5, 5, 6, 6,
+    stride 2, channels 128-64-32-C, ReLU between). (..., F) -> (..., 64, 64, C), the mean of a
+    unit-variance Gaussian; sizes 1 -> 5 -> 13 -> 30 -> 64."""
+
+    def __init__(self, feat_dim: int, channels: int = 3):
+        super().__init__()
+        self.fc = nn.Linear(feat_dim, 1024)
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(1024, 128, 5, stride=2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(128, 64, 5, stride=2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 6, stride=2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, channels, 6, stride=2),
+        )
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        lead = feat.shape[:-1]
+        x = rearrange(self.fc(feat.reshape(-1, feat.shape[-1])), "n d -> n d 1 1")
+        x = self.net(x)  # (N, C, 64, 64)
+        return rearrange(x.reshape(*lead, *x.shape[1:]), "... c h w -> ... h w c")
+
+
+class MLPEncoder(nn.Module):
+    """Vector observations (..., obs_dim) -> (..., embed_dim), two ReLU hidden layers."""
+
+    def __init__(self, obs_dim: int, hidden: int, embed_dim: int):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.net = mlp(obs_dim, embed_dim, hidden, 2)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs)
+
+
+class MLPDecoder(nn.Module):
+    """(..., F) -> (..., obs_dim), the mean of a unit-variance Gaussian; two ReLU hidden layers."""
+
+    def __init__(self, feat_dim: int, hidden: int, obs_dim: int):
+        super().__init__()
+        self.net = mlp(feat_dim, obs_dim, hidden, 2)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return self.net(feat)
+
+
+def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int) -> torch.Tensor:
+    """-log N(target; mean, 1) summed over the last `event_dims` dimensions: (...)."""
+    nll = 0.5 * (target - mean) ** 2 + 0.5 * math.log(2 * math.pi)
+    return nll.flatten(-event_dims).sum(-1) if event_dims else nll
