@@ -3,6 +3,7 @@
     python scripts/benchmark.py                      # every section
     python scripts/benchmark.py --only render        # pixel env steps/s, fast vs dm-control default
     python scripts/benchmark.py --only replay        # sampling 16 x 50 frames from a full replay
+    python scripts/benchmark.py --only planet --device cuda   # RSSM update and CEM action time
     python scripts/benchmark.py --json out.json      # also write the figures as JSON
 
 Figures are medians over repeats, printed as a table; nothing here is asserted by tests.
@@ -84,12 +85,50 @@ def bench_replay(capacity: int, batch: int, length: int, repeats: int) -> dict:
     }
 
 
+def bench_planet(device: str, repeats: int) -> dict:
+    """PlaNet at the paper's sizes: one RSSM update on a 50 x 50 batch of 64 x 64 pixels (Adam
+    step included), and one CEM action (1000 candidates x horizon 12 x 10 iterations)."""
+    import torch
+
+    from planners.cem import CEMConfig, cem_plan
+    from worldmodels.rssm import RSSM, make_optimizer
+
+    def timed(fn):
+        fn()  # warm-up: allocator, kernels
+        times = []
+        for _ in range(repeats):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        return 1e3 * float(np.median(times))
+
+    torch.manual_seed(0)
+    model = RSSM((64, 64, 3), 1).to(device)
+    optimizer = make_optimizer(model)
+    B, T = 50, 50
+    batch = {
+        "obs": torch.randint(0, 256, (B, T, 64, 64, 3), dtype=torch.uint8, device=device),
+        "action": torch.rand(B, T, 1, device=device) * 2 - 1,
+        "reward": torch.rand(B, T, device=device),
+        "is_first": torch.zeros(B, T, dtype=torch.bool, device=device),
+    }
+    batch["is_first"][:, 0] = True
+    update_ms = timed(lambda: model.train_step(batch, optimizer))
+    belief = {k: v[:1] for k, v in model.initial(1).items()}
+    cem_ms = timed(lambda: cem_plan(model, belief, 1, CEMConfig()))
+    return {"device": device, "update_50x50_ms": update_ms, "cem_action_ms": cem_ms}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", default="render,replay", help="comma-separated sections: render, replay"
+        "--only", default="render,replay,planet", help="comma-separated: render, replay, planet"
     )
     parser.add_argument(
         "--render-steps", type=int, default=2000, help="steps per task, fast renderer"
@@ -104,12 +143,16 @@ def main(argv=None) -> dict:
         "--replay-capacity", type=int, default=100_000, help="replay rows (env steps)"
     )
     parser.add_argument("--replay-repeats", type=int, default=200, help="timed samples")
+    parser.add_argument("--device", default="cpu", help="torch device for the planet section")
+    parser.add_argument(
+        "--planet-repeats", type=int, default=3, help="timed PlaNet updates/actions"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = sections - {"render", "replay"}
+    unknown = sections - {"render", "replay", "planet"}
     if unknown:
-        parser.error(f"unknown section(s) {sorted(unknown)}; choose from render, replay")
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from render, replay, planet")
 
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}"
@@ -128,6 +171,14 @@ def main(argv=None) -> dict:
         print(
             f"\nReplay sample {r['batch']} of 64x64x3 uint8 from a full replay "
             f"({r['rows']} rows): median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms"
+        )
+    if "planet" in sections:
+        r = bench_planet(args.device, args.planet_repeats)
+        results["planet"] = r
+        print(
+            f"\nPlaNet on {r['device']}: RSSM update (50 x 50, 64x64 pixels) "
+            f"{r['update_50x50_ms']:.0f} ms; CEM action (1000 x 12 x 10) "
+            f"{r['cem_action_ms']:.1f} ms"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
