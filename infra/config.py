@@ -60,14 +60,6 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def replace_path(cfg: C, path: str, value) -> C:
-    """A copy of `cfg` with the field at dotted `path` set to `value` (nested copies made)."""
-    head, _, rest = path.partition(".")
-    if rest:
-        return dataclasses.replace(cfg, **{head: replace_path(getattr(cfg, head), rest, value)})
-    return dataclasses.replace(cfg, **{head: value})
-
-
 def get_path(cfg, path: str):
     for part in path.split("."):
         cfg = getattr(cfg, part)
@@ -83,16 +75,35 @@ def apply_overrides(cfg: C, overrides: Mapping[str, Any], source: str = "overrid
         source: named in errors ("preset 'smoke'", "config.json").
     """
     fields = flat_fields(type(cfg))
+    values = {path: get_path(cfg, path) for path in fields}
     for path, value in overrides.items():
         if path not in fields:
             raise ConfigError(f"{source}: unknown config field {path!r}; {_closest(path, fields)}")
         tp = fields[path][0]
         try:
-            value = parse_value(value, tp) if isinstance(value, str) else coerce(value, tp)
+            values[path] = parse_value(value, tp) if isinstance(value, str) else coerce(value, tp)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: field {path!r} ({type_name(tp)}): {exc}") from exc
-        cfg = replace_path(cfg, path, value)
-    return cfg
+    # Built once from all values, so that a dataclass's own checks (__post_init__) see the
+    # overrides together: `cem.candidates 50` with `cem.top_k 5` is valid in either order.
+    try:
+        return _build(type(cfg), values)
+    except (TypeError, ValueError) as exc:
+        changed = ", ".join(overrides) or "defaults"
+        raise ConfigError(f"{source}: invalid config after setting {changed}: {exc}") from exc
+
+
+def _build(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
+    """Construct `cls` (nested dataclasses included) from dotted-path leaf values."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        path, tp = prefix + f.name, hints[f.name]
+        nested = dataclasses.is_dataclass(tp)
+        kwargs[f.name] = _build(tp, values, path + ".") if nested else values[path]
+    return cls(**kwargs)
 
 
 def from_dict(cls: type[C], data: Mapping, source: str = "config") -> C:

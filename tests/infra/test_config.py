@@ -86,6 +86,39 @@ def test_bad_preset_field_is_named():
         parse_config(Config, {"bad": {"model.detr": 3}}, argv=["--preset", "bad"])
 
 
+@dataclass
+class Search:
+    candidates: int = 1000
+    top_k: int = 100
+
+    def __post_init__(self):
+        if not 1 <= self.top_k <= self.candidates:
+            k, n = self.top_k, self.candidates
+            raise ValueError(f"top_k ({k}) must lie in [1, candidates ({n})]")
+
+
+@dataclass
+class Planned:
+    logdir: str = "runs/p"
+    search: Search = field(default_factory=Search)
+
+
+@pytest.mark.parametrize("order", [("candidates", "top-k"), ("top-k", "candidates")])
+def test_dataclass_checks_see_all_overrides_together(order):
+    # Set one at a time, candidates=50 would first meet top_k=100 and be rejected.
+    values = {"candidates": "50", "top-k": "5"}
+    argv = [a for name in order for a in (f"--search.{name}", values[name])]
+    cfg, _ = parse_config(Planned, argv=argv)
+    assert cfg.search == Search(candidates=50, top_k=5)
+    assert from_dict(Planned, {"search": {"candidates": 50, "top_k": 5}}) == cfg
+
+
+def test_dataclass_checks_still_reject_bad_combinations(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Planned, argv=["--search.candidates", "50", "--search.top-k", "60"])
+    assert "top_k (60) must lie in [1, candidates (50)]" in capsys.readouterr().err
+
+
 def test_config_round_trips_through_json(tmp_path):
     cfg = dataclasses.replace(Config(), size=(8, 8), dataset_id="x", model=Model(deter=5))
     save_config(cfg, tmp_path)
