@@ -1,0 +1,298 @@
+"""PlaNet's training loop (Hafner et al. 2019, algorithm 1): seed episodes with random actions,
+then alternate `train_steps` RSSM updates on replay chunks with one episode of CEM-MPC (with
+exploration noise) whose transitions go into the replay. Resumable: the replay persists episode
+by episode (`run_dir/replay`) and the checkpoint records how many episodes it belongs to.
+
+    from planners.planet import PlaNetConfig, train_planet
+    summary = train_planet(PlaNetConfig(env="dmc:cartpole-swingup", episodes=100))
+
+The step axis of every logged value is env steps: policy steps (replay.total_steps) times the
+env's action repeat, as in the paper's plots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planners.cem import CEMConfig, Planner
+from worldmodels.rssm import RSSM, RSSMConfig, make_optimizer
+
+
+@dataclass
+class PlaNetConfig:
+    """PlaNet (paper, sec. 5 and appendix A); model and planner in their own sections."""
+
+    env: str = "dmc:cartpole-swingup"  # dmc:<domain>-<task> or gym:<gymnasium id>
+    obs_type: str | None = None  # pixels or state; none: the env's default (pixels for dmc:)
+    action_repeat: int | None = None  # none: the env's default (PlaNet's for dmc:)
+    logdir: str = "runs/planet"  # the run directory
+    seed: int = 0  # seeds python, numpy, torch and the env
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    seed_episodes: int = 5  # S: episodes of uniform random actions before training
+    episodes: int = 1000  # the budget: planner episodes after the seed episodes
+    train_steps: int = 100  # C: gradient steps per collected episode
+    batch_size: int = 50  # B: sequences per batch
+    chunk_length: int = 50  # L: time steps per sequence
+    eval_every: int = 10  # planner episodes between evaluation episodes (no noise); also at the end
+    eval_episodes: int = 1  # episodes per evaluation, their mean return is eval/return
+    checkpoint_every: int = 1  # planner episodes between checkpoints; also at the end
+    capacity: int = 1_000_000  # replay rows (policy steps) kept in memory
+    gif_every: int = 50  # planner episodes between open-loop prediction GIFs (0: only at the end)
+    openloop_context: int = 5  # frames the model observes before predicting open loop
+    openloop_horizon: int = 45  # frames predicted open loop from the real actions
+    model: RSSMConfig = field(default_factory=RSSMConfig)  # the world model
+    cem: CEMConfig = field(default_factory=CEMConfig)  # the planner
+
+
+PRESETS = {
+    "default": {},
+    # About a minute on a 2-core CPU with pixels (cartpole: 125 policy steps per episode).
+    "smoke": {
+        "seed_episodes": 2,
+        "episodes": 3,
+        "train_steps": 10,
+        "batch_size": 8,
+        "chunk_length": 20,
+        "eval_every": 3,
+        "gif_every": 0,
+        "action_repeat": 8,
+        "model.deter": 32,
+        "model.stoch": 8,
+        "model.hidden": 32,
+        "model.reward_hidden": 32,
+        "cem.top_k": 10,
+        "cem.candidates": 100,
+        "cem.iterations": 3,
+        "cem.horizon": 6,
+    },
+}
+
+
+def env_action_repeat(env) -> int:
+    """The action repeat of an env built by `envs.make` (DMCEnv's or the ActionRepeat
+    wrapper's), 1 when there is none."""
+    repeat, current = 1, env
+    while current is not None:
+        if hasattr(current, "repeat") and type(current).__name__ == "ActionRepeat":
+            repeat *= int(current.repeat)
+        if hasattr(current, "action_repeat") and type(current).__name__ == "DMCEnv":
+            repeat *= int(current.action_repeat)
+        current = getattr(current, "env", None)
+    return repeat
+
+
+def run_episode(env, policy, replay=None, record: bool = False):
+    """One episode with `policy(obs) -> action (A,)`; transitions go into `replay` if given.
+
+    Returns (return, policy steps, rows) where rows, if `record`, is the episode in the replay's
+    row layout ({"obs": (T+1, ...), "action": (T+1, A)} with action[t] = a_(t-1)), else None.
+    """
+    obs, _ = env.reset()
+    if replay is not None:
+        replay.add_reset(obs)
+    observations, actions = [obs], [np.zeros(env.action_space.shape, np.float32)]
+    ret, steps = 0.0, 0
+    while True:
+        action = np.asarray(policy(obs), dtype=np.float32)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        if replay is not None:
+            replay.add_step(action, reward, obs, bool(terminated), bool(truncated))
+        if record:
+            observations.append(obs)
+            actions.append(action)
+        ret += float(reward)
+        steps += 1
+        if terminated or truncated:
+            break
+    rows = {"obs": np.stack(observations), "action": np.stack(actions)} if record else None
+    return ret, steps, rows
+
+
+@torch.no_grad()
+def openloop_frames(model: RSSM, obs, action, context: int, horizon: int) -> np.ndarray:
+    """Open-loop video prediction (the paper's fig. 7): the model filters the first `context`
+    rows of an episode (obs (T, 64, 64, C) uint8, action (T, A) in row layout, row 0 the
+    episode's first), then imagines the next `horizon` rows from the real actions.
+
+    Returns uint8 frames (context + horizon, 3 * 64, 64, C): rows truth / model / |error|, where
+    the model's first `context` frames are reconstructions of the posterior.
+    """
+    T = min(context + horizon, len(obs))
+    if not 1 <= context < T:
+        raise ValueError(f"open loop needs 1 <= context ({context}) < frames ({T})")
+    device = model.device
+    obs = torch.as_tensor(np.asarray(obs[:T]), device=device)[None]
+    action = torch.as_tensor(np.asarray(action[:T]), device=device, dtype=torch.float32)[None]
+    is_first = torch.zeros(1, T, dtype=torch.bool, device=device)
+    is_first[:, 0] = True
+    post = model.observe(obs[:, :context], action[:, :context], is_first[:, :context])
+    prior = model.imagine({k: v[:, -1] for k, v in post.items()}, action[:, context:])
+    pred = torch.cat([model.decode_frames(post), model.decode_frames(prior)], 1)[0]
+    truth = obs[0]
+    error = (truth.int() - pred.int()).abs().to(torch.uint8)
+    return torch.cat([truth, pred, error], dim=1).cpu().numpy()
+
+
+def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
+    """Train PlaNet as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
+    checkpoint and replay) up to `cfg.episodes`. Returns a summary dict."""
+    from envs import make
+    from envs.collect import env_options
+    from envs.replay import EpisodeReplay
+    from infra import (
+        Logger,
+        load_checkpoint,
+        prepare_run_dir,
+        progress,
+        resolve_device,
+        save_checkpoint,
+        save_config,
+        seed_everything,
+    )
+
+    run_dir = prepare_run_dir(cfg.logdir, resume)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    env = make(cfg.env, **env_options(cfg))
+    repeat = env_action_repeat(env)
+    obs_shape, action_dim = env.observation_space.shape, int(np.prod(env.action_space.shape))
+    model = RSSM(obs_shape, action_dim, cfg.model).to(device)
+    optimizer = make_optimizer(model, cfg.model)
+    pixels = model.pixels
+    meta = {
+        "job": "planet",
+        "env": cfg.env,
+        "obs_type": "pixels" if pixels else "state",
+        "deter": cfg.model.deter,
+        "stoch": cfg.model.stoch,
+    }
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume:
+        state = load_checkpoint(ckpt_path, expect_meta=meta, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        done = int(state["episodes"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        replay = EpisodeReplay.load(
+            run_dir / "replay",
+            cfg.capacity,
+            seed=cfg.seed + 1000 * (done + 1),
+            max_episodes=int(state["replay_episodes"]),
+        )
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["numpy_rng"]
+        eval_return = state.get("eval_return")
+    else:
+        replay = EpisodeReplay(cfg.capacity, directory=run_dir / "replay", seed=cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        done, eval_return = 0, None
+    save_config(cfg, run_dir)  # on resume too: a larger budget is the run's config from now on
+    # A fresh env seed after a resume: the interrupted env's state cannot be restored.
+    env.reset(seed=cfg.seed + 1000 * done)
+    env.action_space.seed(cfg.seed + 1000 * done)
+
+    def env_steps() -> int:
+        return replay.total_steps * repeat
+
+    def checkpoint() -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "episodes": done,
+            "replay_episodes": replay.total_episodes,
+            "env_steps": env_steps(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": rng.bit_generator.state,
+            "eval_return": eval_return,
+        }
+        save_checkpoint(ckpt_path, state, meta=meta)
+
+    logger = Logger(run_dir, resume_step=env_steps() if resume else None)
+    planner = Planner(model, action_dim, cfg.cem, device=device)
+    low, high = env.action_space.low, env.action_space.high
+
+    def random_policy(obs):
+        return rng.uniform(low, high).astype(np.float32)
+
+    def planner_policy(explore):
+        def act(obs):
+            return planner.act(obs, explore=explore).cpu().numpy()
+
+        return act
+
+    def evaluate() -> float:
+        returns = []
+        for _ in range(cfg.eval_episodes):
+            planner.reset()
+            returns.append(run_episode(env, planner_policy(False))[0])
+        return float(np.mean(returns))
+
+    train_return, last_rows = None, None
+    bar = progress(cfg.episodes, initial=done, desc="planet", unit="episode")
+    try:
+        if replay.total_episodes < cfg.seed_episodes:
+            seed_returns = []
+            while replay.total_episodes < cfg.seed_episodes:
+                seed_returns.append(run_episode(env, random_policy, replay)[0])
+            logger.log(env_steps(), {"seed/return": float(np.mean(seed_returns))})
+            checkpoint()
+        while done < cfg.episodes:
+            model.train()
+            sums: dict[str, float] = {}
+            for update in range(cfg.train_steps):
+                batch = replay.sample(cfg.batch_size, cfg.chunk_length)
+                batch = {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
+                try:
+                    metrics = model.train_step(batch, optimizer)
+                except FloatingPointError as exc:
+                    raise FloatingPointError(
+                        f"PlaNet update {update + 1}/{cfg.train_steps} before planner episode "
+                        f"{done + 1} (env step {env_steps()}) in {run_dir}: {exc}; resume from "
+                        "the last checkpoint with a lower --model.lr"
+                    ) from exc
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+            model.eval()
+            planner.reset()
+            train_return, length, last_rows = run_episode(
+                env, planner_policy(True), replay, record=pixels
+            )
+            done += 1
+            row = {f"train/{k}": v / max(cfg.train_steps, 1) for k, v in sums.items()}
+            row.update({"train/return": train_return, "train/length": length})
+            row["train/episodes"] = replay.total_episodes
+            if done % cfg.eval_every == 0 or done == cfg.episodes:
+                eval_return = evaluate()
+                row["eval/return"] = eval_return
+            logger.log(env_steps(), row)
+            gif_due = cfg.gif_every and done % cfg.gif_every == 0
+            if pixels and (gif_due or done == cfg.episodes):
+                frames = openloop_frames(
+                    model,
+                    last_rows["obs"],
+                    last_rows["action"],
+                    cfg.openloop_context,
+                    cfg.openloop_horizon,
+                )
+                logger.video(env_steps(), "openloop", frames)
+            if done % cfg.checkpoint_every == 0 or done == cfg.episodes:
+                checkpoint()
+            bar.update(1)
+            bar.set_postfix(ret=f"{train_return:.1f}", step=env_steps())
+    finally:
+        bar.close()
+        logger.close()
+        env.close()
+    summary = {
+        "episodes": done,
+        "replay_episodes": replay.total_episodes,
+        "env_steps": env_steps(),
+        "train_return": train_return,
+        "eval_return": eval_return,
+        "run_dir": str(Path(run_dir)),
+    }
+    return summary
