@@ -344,6 +344,21 @@ class EpisodeReplay:
         return replay
 
 
+def read_episode(directory: str | Path, index: int = -1) -> dict[str, np.ndarray]:
+    """One saved episode (Minari layout) from a replay `directory`: `index` counts episode
+    files in order, negative from the newest (-1, the default, is the last one written)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"replay directory {directory} does not exist")
+    files = sorted(_episode_files(directory).items())
+    if not files:
+        raise ReplayFileError(f"{directory} holds no episode files ({{index:08d}}-{{T}}.npz)")
+    if not -len(files) <= index < len(files):
+        raise IndexError(f"episode {index} of {len(files)} in {directory}")
+    _, (T, path) = files[index]
+    return _read_npz(path, T)
+
+
 def _name(index: int, T: int) -> str:
     return f"{index:08d}-{T}.npz"
 

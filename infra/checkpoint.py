@@ -86,6 +86,15 @@ def load_checkpoint(
         expect_meta: every key given must equal the checkpoint's meta, else CheckpointError.
         map_location: where tensors land (torch.load's argument).
     """
+    return _read(path, expect_meta, map_location)["state"]
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The `meta` a checkpoint was written with (job, env, sizes ...); errors as load_checkpoint."""
+    return dict(_read(path, None, "cpu")["meta"])
+
+
+def _read(path, expect_meta, map_location) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
@@ -115,4 +124,4 @@ def load_checkpoint(
             f"checkpoint {path} belongs to a different run ({detail}); resume with the settings "
             "it was written with, or start a new run in a new --logdir"
         )
-    return payload["state"]
+    return payload

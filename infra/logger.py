@@ -15,15 +15,13 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 
-from infra.config import atomic_write_text
+from infra.config import atomic_write_bytes, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 GIF_DIR = "gifs"
@@ -116,11 +114,7 @@ class Logger:
         gif_dir = self.run_dir / GIF_DIR
         gif_dir.mkdir(exist_ok=True)
         path = gif_dir / f"{name.replace('/', '_')}_{int(step):08d}.gif"
-        fd, tmp = tempfile.mkstemp(dir=gif_dir, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, data)
         if self._writer is not None:
             from tensorboard.compat.proto.summary_pb2 import Summary
 

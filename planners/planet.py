@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from planners.cem import CEMConfig, Planner
+from planners.runs import LoadedRun, openloop_frames
 from worldmodels.rssm import RSSM, RSSMConfig, make_optimizer
 
 
@@ -112,36 +113,9 @@ def run_episode(env, policy, replay=None, record: bool = False):
     return ret, steps, rows
 
 
-@torch.no_grad()
-def openloop_frames(model: RSSM, obs, action, context: int, horizon: int) -> np.ndarray:
-    """Open-loop video prediction (the paper's fig. 7): the model filters the first `context`
-    rows of an episode (obs (T, 64, 64, C) uint8, action (T, A) in row layout, row 0 the
-    episode's first), then imagines the next `horizon` rows from the real actions.
-
-    Returns uint8 frames (context + horizon, 3 * 64, 64, C): rows truth / model / |error|, where
-    the model's first `context` frames are reconstructions of the posterior.
-    """
-    T = min(context + horizon, len(obs))
-    if not 1 <= context < T:
-        raise ValueError(f"open loop needs 1 <= context ({context}) < frames ({T})")
-    device = model.device
-    obs = torch.as_tensor(np.asarray(obs[:T]), device=device)[None]
-    action = torch.as_tensor(np.asarray(action[:T]), device=device, dtype=torch.float32)[None]
-    is_first = torch.zeros(1, T, dtype=torch.bool, device=device)
-    is_first[:, 0] = True
-    post = model.observe(obs[:, :context], action[:, :context], is_first[:, :context])
-    prior = model.imagine({k: v[:, -1] for k, v in post.items()}, action[:, context:])
-    pred = torch.cat([model.decode_frames(post), model.decode_frames(prior)], 1)[0]
-    truth = obs[0]
-    error = (truth.int() - pred.int()).abs().to(torch.uint8)
-    return torch.cat([truth, pred, error], dim=1).cpu().numpy()
-
-
 def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
     """Train PlaNet as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
     checkpoint and replay) up to `cfg.episodes`. Returns a summary dict."""
-    from envs import make
-    from envs.collect import env_options
     from envs.replay import EpisodeReplay
     from infra import (
         Logger,
@@ -157,10 +131,9 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
     run_dir = prepare_run_dir(cfg.logdir, resume)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    env = make(cfg.env, **env_options(cfg))
+    model, env = build_model(cfg, device)
     repeat = env_action_repeat(env)
-    obs_shape, action_dim = env.observation_space.shape, int(np.prod(env.action_space.shape))
-    model = RSSM(obs_shape, action_dim, cfg.model).to(device)
+    action_dim = int(np.prod(env.action_space.shape))
     optimizer = make_optimizer(model, cfg.model)
     pixels = model.pixels
     meta = {
@@ -296,3 +269,27 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
         "run_dir": str(Path(run_dir)),
     }
     return summary
+
+
+def build_model(cfg: PlaNetConfig, device) -> tuple[RSSM, object]:
+    """The env of `cfg` and an RSSM sized for its spaces: (model, env)."""
+    from envs import make
+    from envs.collect import env_options
+
+    env = make(cfg.env, **env_options(cfg))
+    obs_shape, action_dim = env.observation_space.shape, int(np.prod(env.action_space.shape))
+    return RSSM(obs_shape, action_dim, cfg.model).to(device), env
+
+
+def load_run(run_dir: Path, device) -> LoadedRun:
+    """A saved PlaNet run for `planners.runs.load_run` (scripts/render_gif.py)."""
+    from envs.collect import env_options
+    from infra import load_checkpoint, load_config
+
+    cfg = load_config(PlaNetConfig, run_dir)
+    model, env = build_model(cfg, device)
+    env.close()
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return LoadedRun(model, cfg, cfg.env, env_options(cfg), Path(run_dir) / "replay")

@@ -1,6 +1,5 @@
 """PlaNet's training loop end to end on tiny settings: run directory, open-loop GIF, resume."""
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -13,38 +12,16 @@ import torch
 
 from envs.replay import EpisodeReplay
 from infra import CheckpointError, load_checkpoint, read_metrics
-from planners.cem import CEMConfig
 from planners.planet import PRESETS, PlaNetConfig, train_planet
-from worldmodels.rssm import RSSMConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def tiny(logdir, **overrides) -> PlaNetConfig:
-    """State observations, tiny model and planner: a few seconds per run on 2 CPU cores."""
-    cfg = PlaNetConfig(
-        env="dmc:cartpole-swingup",
-        obs_type="state",
-        action_repeat=8,
-        logdir=str(logdir),
-        device="cpu",
-        seed_episodes=1,
-        episodes=2,
-        train_steps=2,
-        batch_size=4,
-        chunk_length=10,
-        eval_every=10,
-        model=RSSMConfig(deter=16, stoch=4, hidden=16, reward_hidden=16),
-        cem=CEMConfig(horizon=3, iterations=2, candidates=20, top_k=5),
-    )
-    return dataclasses.replace(cfg, **overrides)
 
 
 def weights(logdir):
     return load_checkpoint(Path(logdir) / "checkpoint.pt")["model"]
 
 
-def test_smoke_run_leaves_a_run_directory(tmp_path):
+def test_smoke_run_leaves_a_run_directory(tmp_path, tiny):
     run = tmp_path / "run"
     summary = train_planet(tiny(run))
     assert summary["episodes"] == 2 and summary["replay_episodes"] == 3
@@ -60,7 +37,7 @@ def test_smoke_run_leaves_a_run_directory(tmp_path):
     assert not (run / "gifs").exists()  # state observations: no open-loop video
 
 
-def test_pixel_smoke_writes_openloop_gif(tmp_path):
+def test_pixel_smoke_writes_openloop_gif(tmp_path, tiny):
     run = tmp_path / "run"
     cfg = tiny(run, obs_type="pixels", episodes=1, openloop_context=5, openloop_horizon=10)
     train_planet(cfg)
@@ -71,7 +48,7 @@ def test_pixel_smoke_writes_openloop_gif(tmp_path):
     assert frames[0].shape[:2] == (3 * 64, 64)  # truth / model / |error|
 
 
-def test_resume_continues_with_the_same_replay(tmp_path):
+def test_resume_continues_with_the_same_replay(tmp_path, tiny):
     run = tmp_path / "run"
     train_planet(tiny(run, episodes=2))
     first_files = sorted(p.name for p in (run / "replay").glob("*.npz"))
