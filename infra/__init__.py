@@ -21,7 +21,7 @@ from infra.config import (
     to_dict,
 )
 from infra.logger import Logger, encode_gif, progress, read_metrics
-from infra.runtime import resolve_device, seed_everything
+from infra.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -40,8 +40,10 @@ __all__ = [
     "read_meta",
     "read_metrics",
     "resolve_device",
+    "rng_state",
     "save_checkpoint",
     "save_config",
     "seed_everything",
+    "set_rng_state",
     "to_dict",
 ]

@@ -54,3 +54,38 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
     return device
+
+
+def rng_state() -> dict:
+    """Python's, NumPy's global and PyTorch's (CPU and every CUDA device) generator states, for a
+    checkpoint; `set_rng_state` puts them back so that a resumed run draws what it would have."""
+    state = {
+        "python": random.getstate(),
+        "numpy": _numpy_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` captured (CUDA states only where this machine has the devices)."""
+    random.setstate(_tuples(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = [s.cpu() for s in state["cuda"]][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _numpy_state() -> tuple:
+    """NumPy's global state with its key array as a tensor (checkpoints load weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def _tuples(x):
+    """Lists back to tuples (a checkpoint may hand tuples back as lists)."""
+    return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x

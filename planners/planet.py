@@ -128,9 +128,11 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
         prepare_run_dir,
         progress,
         resolve_device,
+        rng_state,
         save_checkpoint,
         save_config,
         seed_everything,
+        set_rng_state,
     )
 
     run_dir = prepare_run_dir(cfg.logdir, resume)
@@ -154,7 +156,10 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         done = int(state["episodes"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        else:  # checkpoints written before the CUDA/NumPy/Python states were saved
+            torch.set_rng_state(state["torch_rng"].cpu())
         replay = EpisodeReplay.load(
             run_dir / "replay",
             cfg.capacity,
@@ -183,7 +188,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
             "episodes": done,
             "replay_episodes": replay.total_episodes,
             "env_steps": env_steps(),
-            "torch_rng": torch.get_rng_state(),
+            "rng": rng_state(),
             "numpy_rng": rng.bit_generator.state,
             "eval_return": eval_return,
         }

@@ -1,11 +1,21 @@
 """infra.checkpoint: atomic writes, round trips, run directories, and clear errors."""
 
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 
-from infra import CheckpointError, load_checkpoint, prepare_run_dir, save_checkpoint
+from infra import (
+    CheckpointError,
+    load_checkpoint,
+    prepare_run_dir,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 
 
 def test_round_trip_of_tensors_and_state_dicts(tmp_path):
@@ -72,3 +82,16 @@ def test_run_directory_is_never_reused_by_accident(tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         prepare_run_dir(run, resume=False)
     assert prepare_run_dir(run, resume=True) == run
+
+
+def test_rng_states_survive_a_checkpoint(tmp_path):
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    seed_everything(3)
+    draws()
+    save_checkpoint(tmp_path / "c.pt", {"rng": rng_state()})
+    expected = draws()
+    seed_everything(4)  # anything else in between
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
+    assert draws() == expected
