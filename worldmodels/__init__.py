@@ -1,5 +1,6 @@
 """Dynamics models behind one protocol (`WorldModel`): see worldmodels/protocol.py."""
 
+from worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
 from worldmodels.nets import (
     ConvDecoder,
     ConvEncoder,
@@ -11,6 +12,7 @@ from worldmodels.nets import (
 )
 from worldmodels.protocol import State, WorldModel
 from worldmodels.rssm import RSSM, RSSMConfig, make_optimizer
+from worldmodels.vae import ConvVAE, VAEConfig
 
 __all__ = [
     "RSSM",
@@ -26,3 +28,4 @@ __all__ = [
     "postprocess_obs",
     "preprocess_obs",
 ]
+__all__ += ["MDNRNN", "ConvVAE", "MDNRNNConfig", "VAEConfig", "WorldModels"]
