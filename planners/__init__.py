@@ -1,8 +1,11 @@
 """What chooses actions with a model: CEM-MPC, CMA-ES controllers, the imagination actor-critic
 and NPG. Planners see models only through `worldmodels.WorldModel`."""
 
+from planners.actor_critic import ActorCritic, ActorCriticConfig, lambda_return
 from planners.cem import CEMConfig, Planner, cem_plan
 from planners.controller import ControllerConfig, ControllerSearch, LinearController
+from planners.dreamer import PRESETS as DREAMER_PRESETS
+from planners.dreamer import DreamerConfig, train_dreamer
 from planners.planet import PRESETS as PLANET_PRESETS
 from planners.planet import PlaNetConfig, train_planet
 from planners.worldmodels_pipeline import PRESETS as WORLDMODELS_PRESETS
@@ -16,4 +19,12 @@ __all__ += [
     "LinearController",
     "WorldModelsConfig",
     "train_worldmodels",
+]
+__all__ += [
+    "DREAMER_PRESETS",
+    "ActorCritic",
+    "ActorCriticConfig",
+    "DreamerConfig",
+    "lambda_return",
+    "train_dreamer",
 ]

@@ -28,6 +28,7 @@ from planners.cem import map_state
 RUN_LOADERS: dict[str, str] = {
     "planet": "planners.planet:load_run",
     "worldmodels": "planners.worldmodels_pipeline:load_run",
+    "dreamer": "planners.dreamer:load_run",
 }
 
 

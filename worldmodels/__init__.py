@@ -1,9 +1,11 @@
 """Dynamics models behind one protocol (`WorldModel`): see worldmodels/protocol.py."""
 
+from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig, kl_balance_loss
 from worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
 from worldmodels.nets import (
     ConvDecoder,
     ConvEncoder,
+    LayerNormGRUCell,
     MLPDecoder,
     MLPEncoder,
     mlp,
@@ -29,3 +31,4 @@ __all__ = [
     "preprocess_obs",
 ]
 __all__ += ["MDNRNN", "ConvVAE", "MDNRNNConfig", "VAEConfig", "WorldModels"]
+__all__ += ["CategoricalRSSM", "CategoricalRSSMConfig", "LayerNormGRUCell", "kl_balance_loss"]

@@ -59,15 +59,18 @@ class ConvEncoder(nn.Module):
     """World Models encoder: 4 convs (32-64-128-256 channels, kernel 4, stride 2, ReLU).
 
     (..., 64, 64, C) float -> (..., 1024): 64 -> 31 -> 14 -> 6 -> 2 pixels, 2 * 2 * 256 = 1024.
+    DreamerV2's encoder is the same net with `depth=48` (48-96-192-384, embed 1536) and ELU.
     """
 
-    embed_dim = 1024
+    embed_dim = 1024  # with the default depth; an instance's own value is 32 * depth
 
-    def __init__(self, channels: int = 3):
+    def __init__(self, channels: int = 3, depth: int = 32, act=nn.ReLU):
         super().__init__()
+        self.embed_dim = 32 * depth
+        widths = (depth, 2 * depth, 4 * depth, 8 * depth)
         layers: list[nn.Module] = []
-        for c_in, c_out in zip((channels, 32, 64, 128), (32, 64, 128, 256), strict=True):
-            layers += [nn.Conv2d(c_in, c_out, 4, stride=2), nn.ReLU()]
+        for c_in, c_out in zip((channels, *widths[:-1]), widths, strict=True):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2), act()]
         self.net = nn.Sequential(*layers, nn.Flatten())
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -79,19 +82,21 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """World Models decoder: dense to 1024, reshape to 1024x1x1, deconvs (kernels 5, 5, 6, 6,
     stride 2, channels 128-64-32-C, ReLU between). (..., F) -> (..., 64, 64, C), the mean of a
-    unit-variance Gaussian; sizes 1 -> 5 -> 13 -> 30 -> 64."""
+    unit-variance Gaussian; sizes 1 -> 5 -> 13 -> 30 -> 64. DreamerV2's decoder is the same net
+    with `depth=48` (dense to 1536, deconvs 192-96-48-C) and ELU."""
 
-    def __init__(self, feat_dim: int, channels: int = 3):
+    def __init__(self, feat_dim: int, channels: int = 3, depth: int = 32, act=nn.ReLU):
         super().__init__()
-        self.fc = nn.Linear(feat_dim, 1024)
+        d = depth
+        self.fc = nn.Linear(feat_dim, 32 * d)
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(1024, 128, 5, stride=2),
-            nn.ReLU(),
-            nn.ConvTranspose2d(128, 64, 5, stride=2),
-            nn.ReLU(),
-            nn.ConvTranspose2d(64, 32, 6, stride=2),
-            nn.ReLU(),
-            nn.ConvTranspose2d(32, channels, 6, stride=2),
+            nn.ConvTranspose2d(32 * d, 4 * d, 5, stride=2),
+            act(),
+            nn.ConvTranspose2d(4 * d, 2 * d, 5, stride=2),
+            act(),
+            nn.ConvTranspose2d(2 * d, d, 6, stride=2),
+            act(),
+            nn.ConvTranspose2d(d, channels, 6, stride=2),
         )
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
@@ -128,3 +133,28 @@ def gaussian_nll(mean: torch.Tensor, target: torch.Tensor, event_dims: int) -> t
     """-log N(target; mean, 1) summed over the last `event_dims` dimensions: (...)."""
     nll = 0.5 * (target - mean) ** 2 + 0.5 * math.log(2 * math.pi)
     return nll.flatten(-event_dims).sum(-1) if event_dims else nll
+
+
+class LayerNormGRUCell(nn.Module):
+    """DreamerV2's GRU (danijar/dreamerv2 `common/nets.py` GRUCell with norm=True): one linear
+    layer on [x, h] gives 3 * size parts, layer-normalised together, then
+
+        reset = sigmoid(r),  cand = tanh(reset * c),  update = sigmoid(u - 1)
+        h' = update * cand + (1 - update) * h
+
+    (the reset gate scales the candidate's pre-activation, not h as in nn.GRUCell; the -1 bias
+    makes the cell keep its state at first). Inputs (..., in_dim), h (..., size) -> h'.
+    """
+
+    def __init__(self, in_dim: int, size: int, update_bias: float = -1.0, eps: float = 1e-3):
+        super().__init__()
+        self.size, self.update_bias = size, update_bias
+        self.linear = nn.Linear(in_dim + size, 3 * size)
+        self.norm = nn.LayerNorm(3 * size, eps=eps)  # Keras' default epsilon, as danijar's
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        parts = self.norm(self.linear(torch.cat([x, h], -1)))
+        reset, cand, update = parts.chunk(3, -1)
+        cand = torch.tanh(torch.sigmoid(reset) * cand)
+        update = torch.sigmoid(update + self.update_bias)
+        return update * cand + (1 - update) * h

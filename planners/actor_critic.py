@@ -1,0 +1,372 @@
+"""DreamerV2's imagination actor-critic (Hafner et al. 2021, sec. 2.2; danijar/dreamerv2
+`agent.py` ActorCritic) for any `worldmodels.WorldModel`: it reads the model only through
+`img_step`, `features`, `reward` and `continuation`.
+
+From every posterior state of a training batch, the actor imagines `horizon` steps in the
+model's prior; a critic regresses lambda-returns computed with a slow target critic, and the
+actor maximises them by backpropagating through the dynamics (continuous actions), with
+REINFORCE (discrete), or a mix. Index alignment of one imagined sequence (danijar's diagram;
+seq index k = 0..H, z_0 the replay's posterior):
+
+    action[k]:     0     a1    a2   ...  aH         a_k = actor(z_(k-1)), led to z_k
+    state z_k:     z0 -> z1 -> z2   ...  zH
+    reward[k]:     r0    r1    r2   ...  rH         model.reward(z_k): arriving in z_k
+    discount[k]:   d0    d1    d2   ...  dH         gamma * continuation(z_k) (d0 from the
+                                                    replay's is_terminal when given)
+    value[k]:      v0    v1    v2   ...  vH         slow target critic(z_k)
+    weight[k]:     1     d0   d0d1  ...             prod_(j<k) d_j: is z_k still in the episode
+    target[k]:     t0    t1   ...  t(H-1)           t_k = r_k + d_k ((1-lambda) v_(k+1)
+                                                                    + lambda t_(k+1)),  t_H = v_H
+
+so a value includes the reward of arriving in its state (danijar's convention). The critic fits
+t_0..t_(H-1) at z_0..z_(H-1); the actor at z_k (k < H-1) maximises t_(k+1), which holds the
+reward of its action a_(k+1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from planners.cem import map_state
+from worldmodels.dreamer import autocast, make_optimizer, straight_through_onehot
+from worldmodels.nets import gaussian_nll, mlp
+
+
+@dataclass
+class ActorCriticConfig:
+    """danijar/dreamerv2 configs.yaml, `defaults` overridden by `dmc_vision`."""
+
+    horizon: int = 15  # imag_horizon
+    discount: float = 0.99  # gamma
+    discount_lambda: float = 0.95  # lambda of the lambda-returns
+    actor_grad: Literal["auto", "dynamics", "reinforce", "both"] = "auto"  # auto: dynamics
+    # for continuous actions, reinforce for discrete
+    actor_grad_mix: float = 0.1  # weight of the dynamics gradient with "both"
+    actor_ent: float = 1e-4  # entropy bonus (dmc_vision; 2e-3 by default, 1e-3 for Atari)
+    layers: int = 4  # hidden layers of actor and critic
+    units: int = 400
+    min_std: float = 0.1  # actor std = 2 sigmoid((x + init_std) / 2) + min_std
+    init_std: float = 0.0
+    slow_target_update: int = 100  # updates between copies of the critic into the target
+    slow_target_fraction: float = 1.0  # 1: copy
+    actor_lr: float = 8e-5
+    critic_lr: float = 8e-5
+    adam_eps: float = 1e-5
+    grad_clip: float = 100.0
+    weight_decay: float = 1e-6  # decoupled, w <- (1 - wd) w, as danijar's optimizer
+
+
+# ------------------------------------------------------------------------------- distributions
+class TruncNormal:
+    """N(loc, scale) truncated to [low, high], independent over the last dim (danijar's
+    TruncNormalDist): reparameterised samples by the inverse CDF, clipped 1e-6 inside the bounds
+    with a straight-through gradient. loc and scale (..., A)."""
+
+    def __init__(self, loc, scale, low: float = -1.0, high: float = 1.0, clip: float = 1e-6):
+        self.loc, self.scale, self.low, self.high, self.clip = loc, scale, low, high, clip
+        self.alpha, self.beta = (low - loc) / scale, (high - loc) / scale
+        self._cdf_alpha = torch.special.ndtr(self.alpha)
+        self._z = (torch.special.ndtr(self.beta) - self._cdf_alpha).clamp(min=1e-8)
+
+    def rsample(self) -> torch.Tensor:
+        u = torch.rand_like(self.loc)
+        p = (self._cdf_alpha + u * self._z).clamp(1e-7, 1 - 1e-7)
+        x = self.loc + self.scale * torch.special.ndtri(p)
+        clipped = x.clamp(self.low + self.clip, self.high - self.clip)
+        return x + (clipped - x).detach()
+
+    sample = rsample
+
+    def mode(self) -> torch.Tensor:
+        return self.loc.clamp(self.low, self.high)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc + self.scale * (_phi(self.alpha) - _phi(self.beta)) / self._z
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.loc) / self.scale
+        log_p = -0.5 * z**2 - 0.5 * math.log(2 * math.pi) - self.scale.log() - self._z.log()
+        return log_p.sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        a, b = self.alpha, self.beta
+        ent = 0.5 * math.log(2 * math.pi * math.e) + (self.scale * self._z).log()
+        ent = ent + (a * _phi(a) - b * _phi(b)) / (2 * self._z)
+        return ent.sum(-1)
+
+
+class OneHotDist:
+    """Categorical over the last dim with one-hot, straight-through samples (discrete actions)."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits = logits.float()
+        self.log_probs = F.log_softmax(self.logits, -1)
+
+    def rsample(self) -> torch.Tensor:
+        return straight_through_onehot(self.logits)
+
+    sample = rsample
+
+    def mode(self) -> torch.Tensor:
+        return F.one_hot(self.logits.argmax(-1), self.logits.shape[-1]).float()
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.log_probs).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return -(self.log_probs.exp() * self.log_probs).sum(-1)
+
+
+def _phi(x: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)
+
+
+# ------------------------------------------------------------------------------------ returns
+def lambda_return(reward, value, discount, bootstrap, lambda_: float) -> torch.Tensor:
+    """TD(lambda) targets, danijar's `lambda_return`: (B, T) each, bootstrap (B,) -> (B, T),
+
+        t_k = reward_k + discount_k ((1 - lambda) value_(k+1) + lambda t_(k+1)),
+        with value_T = t_T = bootstrap.
+
+    lambda = 1 gives discounted Monte-Carlo returns, lambda = 0 one-step TD targets.
+    """
+    next_value = torch.cat([value[:, 1:], bootstrap[:, None]], 1)
+    inputs = reward + discount * next_value * (1 - lambda_)
+    ret, out = bootstrap, []
+    for k in reversed(range(reward.shape[1])):
+        ret = inputs[:, k] + discount[:, k] * lambda_ * ret
+        out.append(ret)
+    return torch.stack(out[::-1], 1)
+
+
+def stack_tree(trees: list, dim: int = 1):
+    """Stack a list of equally structured states (tensors, dicts, lists, tuples, dataclasses)."""
+    first = trees[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(trees, dim)
+    if isinstance(first, dict):
+        return {k: stack_tree([t[k] for t in trees], dim) for k in first}
+    if isinstance(first, list | tuple):
+        return type(first)(stack_tree(list(parts), dim) for parts in zip(*trees, strict=True))
+    if dataclasses.is_dataclass(first):
+        names = [f.name for f in dataclasses.fields(first)]
+        parts = {n: stack_tree([getattr(t, n) for t in trees], dim) for n in names}
+        return dataclasses.replace(first, **parts)
+    return first
+
+
+@contextlib.contextmanager
+def frozen(module):
+    """Gradients flow through `module` but do not accumulate in its parameters."""
+    params = [p for p in getattr(module, "parameters", list)() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+# ---------------------------------------------------------------------------------- the agent
+class Actor(nn.Module):
+    """MLP (layers x units, ELU) -> TruncNormal(tanh(mean), 2 sigmoid((s + init_std) / 2) +
+    min_std) on [-1, 1] for continuous actions, or OneHotDist for discrete ones."""
+
+    def __init__(self, feat_dim: int, action_dim: int, cfg: ActorCriticConfig, discrete: bool):
+        super().__init__()
+        self.cfg, self.discrete = cfg, discrete
+        out = action_dim if discrete else 2 * action_dim
+        self.net = mlp(feat_dim, out, cfg.units, cfg.layers, nn.ELU)
+
+    def forward(self, feat: torch.Tensor):
+        out = self.net(feat).float()
+        if self.discrete:
+            return OneHotDist(out)
+        mean, std = out.chunk(2, -1)
+        std = 2 * torch.sigmoid((std + self.cfg.init_std) / 2) + self.cfg.min_std
+        return TruncNormal(torch.tanh(mean), std)
+
+
+class ActorCritic(nn.Module):
+    """Actor, critic and slow target critic with their optimisers.
+
+    Args:
+        feat_dim: the size of `model.features(state)`.
+        action_dim: A; continuous actions lie in [-1, 1], discrete ones are one-hot.
+    """
+
+    def __init__(
+        self,
+        feat_dim: int,
+        action_dim: int,
+        cfg: ActorCriticConfig | None = None,
+        discrete: bool = False,
+    ):
+        super().__init__()
+        self.cfg = cfg = cfg or ActorCriticConfig()
+        self.action_dim, self.discrete = action_dim, discrete
+        self.actor = Actor(feat_dim, action_dim, cfg, discrete)
+        self.critic = mlp(feat_dim, 1, cfg.units, cfg.layers, nn.ELU)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        grad = cfg.actor_grad
+        self.actor_grad = ("reinforce" if discrete else "dynamics") if grad == "auto" else grad
+        opt = (cfg.adam_eps, cfg.weight_decay)
+        self.actor_opt = make_optimizer(self.actor.parameters(), cfg.actor_lr, *opt)
+        self.critic_opt = make_optimizer(self.critic.parameters(), cfg.critic_lr, *opt)
+
+    def optimizers_state_dict(self) -> dict:
+        return {"actor": self.actor_opt.state_dict(), "critic": self.critic_opt.state_dict()}
+
+    def load_optimizers_state_dict(self, state: dict) -> None:
+        self.actor_opt.load_state_dict(state["actor"])
+        self.critic_opt.load_state_dict(state["critic"])
+
+    @torch.no_grad()
+    def act(self, feat: torch.Tensor, sample: bool = True) -> torch.Tensor:
+        """Actions (..., A) for features (..., F): a sample (training) or the mode (evaluation)."""
+        dist = self.actor(feat)
+        return dist.sample() if sample else dist.mode()
+
+    def value(self, feat: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """The critic's (or slow target's) value (...,) of features (..., F)."""
+        return (self.target_critic if target else self.critic)(feat).squeeze(-1).float()
+
+    # --------------------------------------------------------------------------- imagination
+    def imagine(self, model, start, horizon: int | None = None, is_terminal=None) -> dict:
+        """Roll the actor out in `model` from `start` (a state with leading dim (N,)).
+
+        Returns a dict of (N, H+1, ...) tensors aligned as the module's diagram: feat, action,
+        reward, discount, weight, and "state" (the model's states, stacked). `is_terminal` (N,)
+        overrides the continuation of z_0 with the replay's truth (danijar does so where the
+        model predicts discounts)."""
+        H = self.cfg.horizon if horizon is None else horizon
+        state = start
+        feats = [model.features(state)]
+        no_action = feats[0].new_zeros(*feats[0].shape[:-1], self.action_dim)
+        states, actions = [state], [no_action]
+        for _ in range(H):
+            # The policy reads sg(feat): its gradient reaches it only through its own actions.
+            action = self.actor(feats[-1].detach()).rsample()
+            state = model.img_step(state, action)
+            states.append(state)
+            feats.append(model.features(state))
+            actions.append(action)
+        states = stack_tree(states, 1)
+        cont = model.continuation(states).float()
+        if is_terminal is not None:
+            first = 1.0 - torch.as_tensor(is_terminal, device=cont.device).float().reshape(-1)
+            cont = torch.cat([first[:, None], cont[:, 1:]], 1)
+        discount = self.cfg.discount * cont
+        ones = torch.ones_like(discount[:, :1])
+        weight = torch.cumprod(torch.cat([ones, discount[:, :-1]], 1), 1).detach()
+        return {
+            "feat": torch.stack(feats, 1),
+            "action": torch.stack(actions, 1),
+            "reward": model.reward(states).float(),
+            "discount": discount,
+            "weight": weight,
+            "state": states,
+        }
+
+    def target(self, seq: dict) -> torch.Tensor:
+        """Lambda-returns t_0..t_(H-1) (N, H) from the slow critic's values of seq["feat"]."""
+        value = self.value(seq["feat"], target=True)
+        return lambda_return(
+            seq["reward"][:, :-1],
+            value[:, :-1],
+            seq["discount"][:, :-1],
+            value[:, -1],
+            self.cfg.discount_lambda,
+        )
+
+    def actor_loss(self, seq: dict, target: torch.Tensor):
+        """-mean(weight_k (objective_k + actor_ent * entropy_k)) over k = 0..H-2."""
+        cfg = self.cfg
+        policy = self.actor(seq["feat"][:, :-2].detach())
+        metrics = {}
+        if self.actor_grad == "dynamics":
+            objective = target[:, 1:]
+        else:
+            baseline = self.value(seq["feat"][:, :-2], target=True)
+            advantage = (target[:, 1:] - baseline).detach()
+            objective = policy.log_prob(seq["action"][:, 1:-1].detach()) * advantage
+            if self.actor_grad == "both":
+                objective = (
+                    cfg.actor_grad_mix * target[:, 1:] + (1 - cfg.actor_grad_mix) * objective
+                )
+            elif self.actor_grad != "reinforce":
+                raise ValueError(
+                    f"actor_grad must be auto, dynamics, reinforce or both, got {self.actor_grad!r}"
+                )
+        entropy = policy.entropy()
+        objective = objective + cfg.actor_ent * entropy
+        metrics["actor_ent"] = entropy.mean()
+        return -(seq["weight"][:, :-2] * objective).mean(), metrics
+
+    def critic_loss(self, seq: dict, target: torch.Tensor) -> torch.Tensor:
+        """Unit-Gaussian NLL of the (sg) targets under the critic at z_0..z_(H-1), weighted."""
+        value = self.value(seq["feat"][:, :-1].detach())
+        nll = gaussian_nll(value, target.detach(), 0)
+        return (seq["weight"][:, :-1] * nll).mean()
+
+    def update(self, model, start, is_terminal=None) -> dict[str, float]:
+        """One actor and one critic step from the posterior states `start` (B, T) of a
+        world-model batch (each of the B * T states starts an imagined sequence; `is_terminal`
+        (B, T) or None); the model's weights are not changed. Returns metrics as floats."""
+        start = map_state(lambda x: x.detach().reshape(-1, *x.shape[2:]), start)
+        device = self.updates.device
+        with frozen(model), autocast(device):
+            seq = self.imagine(model, start, is_terminal=is_terminal)
+            target = self.target(seq)
+            actor_loss, metrics = self.actor_loss(seq, target)
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.grad_clip)
+        with autocast(device):
+            critic_loss = self.critic_loss(seq, target)
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        critic_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.grad_clip)
+        metrics.update(
+            actor_loss=actor_loss,
+            critic_loss=critic_loss,
+            actor_grad_norm=actor_norm,
+            critic_grad_norm=critic_norm,
+            imag_reward=seq["reward"].mean(),
+            critic_target=target.mean(),
+        )
+        values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
+        out = dict(zip(metrics, values, strict=True))  # the one host sync of the update
+        if not all(math.isfinite(v) for v in out.values()):
+            raise FloatingPointError(
+                f"actor-critic loss or gradient is not finite ({out}); lower --ac.actor-lr"
+            )
+        self.actor_opt.step()
+        self.critic_opt.step()
+        self.update_slow_target()
+        return out
+
+    @torch.no_grad()
+    def update_slow_target(self) -> None:
+        """Every `slow_target_update` updates (the first included) mix the critic into the
+        target with `slow_target_fraction` (1 = copy), as danijar's, then count the update.
+        The mix is computed on the device (0 between copies): no host synchronisation."""
+        n = self.updates
+        due = (n % self.cfg.slow_target_update == 0).float()
+        first = (n == 0).float()
+        mix = due * (first + (1 - first) * self.cfg.slow_target_fraction)
+        for s, d in zip(self.critic.parameters(), self.target_critic.parameters(), strict=True):
+            d.lerp_(s, mix.to(d.dtype))
+        self.updates += 1

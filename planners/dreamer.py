@@ -1,0 +1,391 @@
+"""DreamerV2's training loop (Hafner et al. 2021; danijar/dreamerv2 `train.py` with the
+`dmc_vision` config): prefill the replay with uniform random actions, pretrain, then act with
+the actor and make one update (world model, then actor-critic on its posteriors) every
+`train_every` policy steps. Resumable like PlaNet's loop: the replay persists episode by episode
+(`run_dir/replay`), and checkpoints are written between episodes.
+
+    from planners.dreamer import DreamerConfig, train_dreamer
+    summary = train_dreamer(DreamerConfig(env="dmc:walker-walk", steps=1_000_000))
+
+Counts follow danijar's config, in policy steps (env steps / action repeat): prefill,
+train_every, eval_every. The budget `steps` and the step axis of every logged value are env
+steps, as in the paper's plots.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planners.actor_critic import ActorCritic, ActorCriticConfig
+from planners.cem import map_state
+from planners.planet import env_action_repeat, run_episode
+from planners.runs import LoadedRun, openloop_frames
+from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig, make_optimizer
+
+
+@dataclass
+class DreamerConfig:
+    """DreamerV2 for continuous control (danijar/dreamerv2 configs.yaml, dmc_vision)."""
+
+    env: str = "dmc:walker-walk"  # dmc:<domain>-<task> or gym:<gymnasium id>
+    obs_type: str | None = None  # pixels or state; none: the env's default (pixels for dmc:)
+    action_repeat: int | None = 2  # danijar's for every dmc task; none: the env's default
+    logdir: str = "runs/dreamer"  # the run directory
+    seed: int = 0  # seeds python, numpy, torch and the env
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    steps: int = 1_000_000  # the budget in env steps (policy steps x action repeat)
+    prefill: int = 1000  # policy steps of uniform random actions first (dmc_proprio: 5000)
+    pretrain: int = 100  # updates right after the prefill
+    train_every: int = 5  # policy steps between updates
+    train_steps: int = 1  # updates each time
+    batch_size: int = 16  # sequences per batch
+    batch_length: int = 50  # time steps per sequence
+    eval_every: int = 10_000  # policy steps between evaluations; also at the end
+    eval_episodes: int = 1  # episodes per evaluation (actor's mode), their mean is eval/return
+    checkpoint_every: int = 1  # training episodes between checkpoints; also at the end
+    capacity: int = 2_000_000  # replay rows (policy steps) kept in memory
+    gif_every: int = 20  # training episodes between open-loop GIFs (0: only at the end)
+    openloop_context: int = 5  # frames the model observes before predicting open loop
+    openloop_horizon: int = 45  # frames predicted open loop from the real actions
+    model: CategoricalRSSMConfig = field(default_factory=CategoricalRSSMConfig)
+    ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+
+
+PRESETS = {
+    "default": {},  # dmc_vision
+    # danijar's dmc_proprio: state observations, the same model with MLP encoder and decoder,
+    # and a longer prefill.
+    "state": {"obs_type": "state", "prefill": 5000},
+    # About a minute on a 2-core CPU with pixels (cartpole at repeat 8: 125 policy steps per
+    # episode): a prefill episode, a training episode, an evaluation and the open-loop GIF.
+    "smoke": {
+        "steps": 2000,
+        "prefill": 100,
+        "pretrain": 5,
+        "train_every": 25,
+        "batch_size": 4,
+        "batch_length": 16,
+        "eval_every": 1000,
+        "gif_every": 0,
+        "action_repeat": 8,
+        "openloop_horizon": 20,
+        "model.deter": 32,
+        "model.hidden": 32,
+        "model.stoch": 8,
+        "model.classes": 8,
+        "model.cnn_depth": 8,
+        "model.mlp_layers": 2,
+        "model.mlp_units": 32,
+        "ac.horizon": 5,
+        "ac.layers": 2,
+        "ac.units": 32,
+    },
+}
+
+
+class DreamerPolicy:
+    """Filters observations into the model's belief (with the action that led to them) and
+    acts with the actor: a sample while training, the mode when evaluating (danijar's)."""
+
+    def __init__(self, model: CategoricalRSSM, ac: ActorCritic, device):
+        self.model, self.ac, self.device = model, ac, torch.device(device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = None
+        self.action = torch.zeros(1, self.model.action_dim, device=self.device)
+        self.is_first = torch.ones(1, dtype=torch.bool, device=self.device)
+
+    @torch.no_grad()
+    def __call__(self, obs, sample: bool = True) -> np.ndarray:
+        obs = torch.as_tensor(obs, device=self.device)[None, None]
+        post = self.model.observe(obs, self.action[:, None], self.is_first[:, None], self.state)
+        self.state = map_state(lambda x: x[:, -1], post)
+        self.action = self.ac.act(self.model.features(self.state), sample=sample)
+        self.is_first = torch.zeros_like(self.is_first)
+        return self.action[0].cpu().numpy()
+
+
+def build(cfg: DreamerConfig, device):
+    """The env of `cfg`, a world model and an actor-critic sized for its spaces:
+    (model, actor_critic, env)."""
+    from envs import make
+    from envs.collect import env_options
+
+    env = make(cfg.env, **env_options(cfg))
+    space = env.action_space
+    if not hasattr(space, "shape") or space.shape is None or len(space.shape) != 1:
+        raise ValueError(
+            f"{cfg.env}: DreamerV2 here takes Box actions (A,), got {space}; discrete actions "
+            "need a one-hot wrapper"
+        )
+    action_dim = int(space.shape[0])
+    model = CategoricalRSSM(env.observation_space.shape, action_dim, cfg.model).to(device)
+    ac = ActorCritic(model.feat_dim, action_dim, cfg.ac).to(device)
+    return model, ac, env
+
+
+def make_update(model: CategoricalRSSM, ac: ActorCritic, optimizer, device):
+    """One DreamerV2 update on a replay batch (numpy): world model, then actor-critic from
+    every posterior state. Returns the merged metrics (`model/...`, `ac/...`)."""
+
+    def update(batch: dict) -> dict[str, float]:
+        batch = {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
+        wm_metrics, post = model.train_step(batch, optimizer)
+        terminal = batch["is_terminal"] if model.discount_head is not None else None
+        ac_metrics = ac.update(model, post, is_terminal=terminal)
+        return {
+            **{f"model/{k}": v for k, v in wm_metrics.items()},
+            **{f"ac/{k}": v for k, v in ac_metrics.items()},
+        }
+
+    return update
+
+
+def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
+    """Train DreamerV2 as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
+    checkpoint and replay) up to `cfg.steps` env steps. Returns a summary dict."""
+    from envs.replay import EpisodeReplay
+    from infra import (
+        Logger,
+        load_checkpoint,
+        prepare_run_dir,
+        progress,
+        resolve_device,
+        rng_state,
+        save_checkpoint,
+        save_config,
+        seed_everything,
+        set_rng_state,
+    )
+
+    run_dir = prepare_run_dir(cfg.logdir, resume)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    model, ac, env = build(cfg, device)
+    repeat = env_action_repeat(env)
+    optimizer = make_optimizer(
+        model.parameters(), cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay
+    )
+    meta = {
+        "job": "dreamer",
+        "env": cfg.env,
+        "obs_type": "pixels" if model.pixels else "state",
+        "deter": cfg.model.deter,
+        "stoch": cfg.model.stoch,
+        "classes": cfg.model.classes,
+    }
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume:
+        state = load_checkpoint(ckpt_path, expect_meta=meta, map_location=device)
+        model.load_state_dict(state["model"])
+        ac.load_state_dict(state["actor_critic"])
+        optimizer.load_state_dict(state["optimizer"])
+        ac.load_optimizers_state_dict(state["ac_optimizers"])
+        set_rng_state(state["rng"])
+        episodes, pretrained = int(state["episodes"]), bool(state["pretrained"])
+        last_eval, eval_return = int(state["last_eval"]), state.get("eval_return")
+        replay = EpisodeReplay.load(
+            run_dir / "replay",
+            cfg.capacity,
+            seed=cfg.seed + 1000 * (episodes + 1),
+            max_episodes=int(state["replay_episodes"]),
+        )
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["numpy_rng"]
+    else:
+        replay = EpisodeReplay(cfg.capacity, directory=run_dir / "replay", seed=cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        episodes, pretrained, last_eval, eval_return = 0, False, 0, None
+    save_config(cfg, run_dir)  # on resume too: a larger budget is the run's config from now on
+    # A fresh env seed after a resume: the interrupted env's state cannot be restored.
+    env.reset(seed=cfg.seed + 1000 * replay.total_episodes)
+
+    def env_steps() -> int:
+        return replay.total_steps * repeat
+
+    def checkpoint() -> None:
+        state = {
+            "model": model.state_dict(),
+            "actor_critic": ac.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ac_optimizers": ac.optimizers_state_dict(),
+            "episodes": episodes,
+            "pretrained": pretrained,
+            "last_eval": last_eval,
+            "replay_episodes": replay.total_episodes,
+            "env_steps": env_steps(),
+            "rng": rng_state(),
+            "numpy_rng": rng.bit_generator.state,
+            "eval_return": eval_return,
+        }
+        save_checkpoint(ckpt_path, state, meta=meta)
+
+    logger = Logger(run_dir, resume_step=env_steps() if resume else None)
+    policy = DreamerPolicy(model, ac, device)
+    update = make_update(model, ac, optimizer, device)
+    low, high = env.action_space.low, env.action_space.high
+    sums: dict[str, float] = {}
+    counts = {"updates": 0}
+
+    def train(n: int) -> None:
+        model.train()
+        for _ in range(n):
+            batch = replay.sample(cfg.batch_size, cfg.batch_length)
+            try:
+                metrics = update(batch)
+            except FloatingPointError as exc:
+                raise FloatingPointError(
+                    f"Dreamer update at env step {env_steps()} in {run_dir}: {exc}; resume from "
+                    "the last checkpoint with lower learning rates"
+                ) from exc
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            counts["updates"] += 1
+        model.eval()
+
+    def random_policy(obs):
+        return rng.uniform(low, high).astype(np.float32)
+
+    def evaluate() -> float:
+        returns = []
+        for _ in range(cfg.eval_episodes):
+            policy.reset()
+            returns.append(run_episode(env, lambda obs: policy(obs, sample=False))[0])
+        return float(np.mean(returns))
+
+    def train_policy():
+        policy.reset()
+        first = replay.total_steps
+
+        def act(obs):
+            action = policy(obs, sample=True)
+            # This step is policy step first + taken + 1 once committed; danijar's Every(5).
+            taken = act.taken = act.taken + 1
+            if (first + taken) % cfg.train_every == 0:
+                train(cfg.train_steps)
+            return action
+
+        act.taken = 0
+        return act
+
+    bar = progress(cfg.steps, initial=env_steps(), desc="dreamer", unit="step")
+    train_return, last_rows = None, None
+    try:
+        if replay.total_steps < cfg.prefill:
+            prefill_returns = []
+            while replay.total_steps < cfg.prefill:
+                prefill_returns.append(run_episode(env, random_policy, replay)[0])
+            logger.log(env_steps(), {"prefill/return": float(np.mean(prefill_returns))})
+            bar.update(env_steps() - bar.n)
+        if not pretrained:
+            train(cfg.pretrain)
+            pretrained = True
+            checkpoint()
+        while env_steps() < cfg.steps:
+            sums.clear()
+            counts["updates"] = 0
+            start = time.perf_counter()
+            train_return, length, last_rows = run_episode(
+                env, train_policy(), replay, record=model.pixels
+            )
+            episodes += 1
+            row = {f"train/{k}": v / counts["updates"] for k, v in sums.items()}
+            row.update({"train/return": train_return, "train/length": length})
+            row.update({"train/updates": int(ac.updates), "train/episodes": replay.total_episodes})
+            row["train/fps"] = length * repeat / (time.perf_counter() - start)
+            done = env_steps() >= cfg.steps
+            if replay.total_steps - last_eval >= cfg.eval_every or done:
+                eval_return, last_eval = evaluate(), replay.total_steps
+                row["eval/return"] = eval_return
+            logger.log(env_steps(), row)
+            gif_due = cfg.gif_every and episodes % cfg.gif_every == 0
+            if model.pixels and (gif_due or done):
+                frames = openloop_frames(
+                    model,
+                    last_rows["obs"],
+                    last_rows["action"],
+                    cfg.openloop_context,
+                    cfg.openloop_horizon,
+                )
+                logger.video(env_steps(), "openloop", frames)
+            if episodes % cfg.checkpoint_every == 0 or done:
+                checkpoint()
+            bar.update(env_steps() - bar.n)
+            bar.set_postfix(ret=f"{train_return:.1f}", updates=int(ac.updates))
+    finally:
+        bar.close()
+        logger.close()
+        env.close()
+    return {
+        "episodes": episodes,
+        "replay_episodes": replay.total_episodes,
+        "env_steps": env_steps(),
+        "updates": int(ac.updates),
+        "train_return": train_return,
+        "eval_return": eval_return,
+        "run_dir": str(Path(run_dir)),
+    }
+
+
+def load_run(run_dir: Path, device) -> LoadedRun:
+    """A saved Dreamer run for `planners.runs.load_run` (scripts/render_gif.py)."""
+    from envs.collect import env_options
+    from infra import load_checkpoint, load_config
+
+    cfg = load_config(DreamerConfig, run_dir)
+    model, _, env = build(cfg, device)
+    env.close()
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return LoadedRun(model, cfg, cfg.env, env_options(cfg), Path(run_dir) / "replay")
+
+
+def benchmark_update(
+    batch: int = 16,
+    length: int = 50,
+    device="cpu",
+    updates: int = 3,
+    obs_shape: tuple[int, ...] = (64, 64, 3),
+    action_dim: int = 6,
+    config: DreamerConfig | None = None,
+) -> float:
+    """Milliseconds per DreamerV2 update (world model + actor-critic) on random data, with the
+    dmc_vision sizes unless `config` says otherwise; one warm-up update is not timed."""
+    cfg = config or DreamerConfig()
+    device = torch.device(device)
+    model = CategoricalRSSM(obs_shape, action_dim, cfg.model).to(device)
+    ac = ActorCritic(model.feat_dim, action_dim, cfg.ac).to(device)
+    optimizer = make_optimizer(
+        model.parameters(), cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay
+    )
+    rng = np.random.default_rng(0)
+    if len(obs_shape) == 3:
+        obs = rng.integers(0, 256, (batch, length, *obs_shape), dtype=np.uint8)
+    else:
+        obs = rng.normal(size=(batch, length, *obs_shape)).astype(np.float32)
+    is_first = np.zeros((batch, length), bool)
+    is_first[:, 0] = True
+    data = {
+        "obs": obs,
+        "action": rng.uniform(-1, 1, (batch, length, action_dim)).astype(np.float32),
+        "reward": rng.normal(size=(batch, length)).astype(np.float32),
+        "is_first": is_first,
+        "is_terminal": np.zeros((batch, length), bool),
+    }
+    update = make_update(model, ac, optimizer, device)
+    update(data)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(updates):
+        update(data)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1000 * (time.perf_counter() - start) / updates

@@ -1,0 +1,27 @@
+"""Train DreamerV2 (Hafner et al. 2021): a categorical RSSM world model and an actor-critic
+learning in its imagination, online, with danijar/dreamerv2's dmc_vision settings.
+
+    python scripts/train_dreamer.py --env dmc:cartpole-swingup --preset smoke --logdir runs/smoke
+    python scripts/train_dreamer.py --env dmc:walker-walk --logdir runs/dreamer-walker --seed 1
+    python scripts/train_dreamer.py --env dmc:cartpole-swingup --preset state \\
+        --logdir runs/dreamer-state --steps 200000
+    python scripts/train_dreamer.py --logdir runs/dreamer-walker --resume --steps 2000000
+
+The run directory gets config.json, checkpoint.pt, metrics.jsonl (step = env steps), TensorBoard
+events, replay/ (one npz per episode) and, for pixels, gifs/openloop_*.gif (truth / model /
+|error|).
+"""
+
+from infra import parse_config
+from planners.dreamer import PRESETS, DreamerConfig, train_dreamer
+
+
+def main(argv=None):
+    cfg, resume = parse_config(DreamerConfig, PRESETS, argv=argv, description=__doc__)
+    summary = train_dreamer(cfg, resume=resume)
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

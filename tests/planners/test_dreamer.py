@@ -1,0 +1,143 @@
+"""DreamerV2's training loop end to end on tiny settings: run directory, open-loop GIF, resume
+with the same replay, load_run, the script's --help and the benchmark hook."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+
+from envs.replay import EpisodeReplay
+from infra import CheckpointError, load_checkpoint, read_metrics
+from planners.actor_critic import ActorCriticConfig
+from planners.dreamer import PRESETS, DreamerConfig, benchmark_update, load_run, train_dreamer
+from planners.runs import run_job
+from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tiny(logdir, **overrides) -> DreamerConfig:
+    """State observations, cartpole at repeat 8 (125 policy steps, 1000 env steps per
+    episode): one prefill episode, then one training episode per 1000 env steps of budget."""
+    cfg = DreamerConfig(
+        env="dmc:cartpole-swingup",
+        obs_type="state",
+        action_repeat=8,
+        logdir=str(logdir),
+        device="cpu",
+        steps=2000,
+        prefill=100,
+        pretrain=2,
+        train_every=50,
+        batch_size=3,
+        batch_length=8,
+        eval_every=10_000,
+        model=CategoricalRSSMConfig(
+            deter=8, hidden=8, stoch=3, classes=4, cnn_depth=4, mlp_layers=1, mlp_units=8
+        ),
+        ac=ActorCriticConfig(horizon=3, layers=1, units=8, slow_target_update=3),
+    )
+    return dataclasses.replace(cfg, **overrides)
+
+
+def test_smoke_run_leaves_a_run_directory(tmp_path):
+    run = tmp_path / "run"
+    summary = train_dreamer(tiny(run))
+    # 2 pretrain updates + policy steps 150, 200 and 250 of the training episode (126..250).
+    assert summary["episodes"] == 1 and summary["replay_episodes"] == 2
+    assert summary["env_steps"] == 2000 and summary["updates"] == 2 + 3
+    assert json.loads((run / "config.json").read_text())["model"]["classes"] == 4
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["episodes"] == 1 and state["replay_episodes"] == 2 and state["pretrained"]
+    assert int(state["actor_critic"]["updates"]) == 5
+    rows = read_metrics(run)
+    assert rows[0] == {"step": 1000, "prefill/return": rows[0]["prefill/return"]}
+    last = rows[-1]
+    assert last["step"] == 2000 and "eval/return" in last  # at the end, though eval_every > steps
+    assert np.isfinite(last["train/model/loss"]) and np.isfinite(last["train/ac/critic_loss"])
+    assert len(sorted((run / "replay").glob("*.npz"))) == 2
+    assert not (run / "gifs").exists()  # state observations: no open-loop video
+
+
+def test_pixel_run_writes_openloop_gif_and_loads_back(tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny(run, obs_type="pixels", openloop_context=5, openloop_horizon=10)
+    train_dreamer(cfg)
+    gifs = sorted((run / "gifs").glob("openloop_*.gif"))
+    assert [g.name for g in gifs] == ["openloop_00002000.gif"]
+    frames = imageio.mimread(gifs[0])
+    assert len(frames) == 5 + 10 and frames[0].shape[:2] == (3 * 64, 64)  # truth/model/error
+    assert run_job(run) == "dreamer"  # scripts/render_gif.py finds the loader by this name
+    loaded = load_run(run, torch.device("cpu"))
+    assert isinstance(loaded.model, CategoricalRSSM) and loaded.model.pixels
+    saved = load_checkpoint(run / "checkpoint.pt")["model"]
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in saved.items())
+    assert loaded.env_id == "dmc:cartpole-swingup" and loaded.env_options["action_repeat"] == 8
+    assert len(list(Path(loaded.replay_dir).glob("*.npz"))) == 2
+
+
+def test_resume_continues_with_the_same_replay(tmp_path):
+    run = tmp_path / "run"
+    train_dreamer(tiny(run))
+    first_files = sorted(p.name for p in (run / "replay").glob("*.npz"))
+    before = load_checkpoint(run / "checkpoint.pt")
+    steps_before = [r["step"] for r in read_metrics(run)]
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import train_dreamer as script
+    finally:
+        sys.path.pop(0)
+    summary = script.main(["--logdir", str(run), "--resume", "--steps", "3000"])
+
+    assert summary["episodes"] == 2 and summary["replay_episodes"] == 3
+    assert summary["updates"] == 5 + 2  # steps 300 and 350; no second prefill or pretrain
+    files = sorted(p.name for p in (run / "replay").glob("*.npz"))
+    assert files[:2] == first_files and len(files) == 3
+    assert EpisodeReplay.load(run / "replay", capacity=10_000).total_steps == 3 * 125
+    steps = [r["step"] for r in read_metrics(run)]
+    assert steps[: len(steps_before)] == steps_before and steps[-1] == 3000
+    after = load_checkpoint(run / "checkpoint.pt")
+    assert int(after["actor_critic"]["updates"]) == 7
+    assert any(not torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+    assert json.loads((run / "config.json").read_text())["steps"] == 3000
+
+    with pytest.raises(CheckpointError, match="env"):
+        train_dreamer(tiny(run, env="dmc:pendulum-swingup", steps=4000), resume=True)
+
+
+def test_defaults_presets_and_help():
+    cfg = DreamerConfig()
+    assert (cfg.batch_size, cfg.batch_length, cfg.train_every, cfg.prefill, cfg.pretrain) == (
+        16,
+        50,
+        5,
+        1000,
+        100,
+    )
+    m, ac = cfg.model, cfg.ac
+    assert (m.deter, m.hidden, m.stoch, m.classes, m.cnn_depth) == (200, 200, 32, 32, 48)
+    assert (m.kl_balance, m.free_nats, m.lr, m.adam_eps, m.grad_clip) == (0.8, 1.0, 3e-4, 1e-5, 100)
+    assert (ac.horizon, ac.discount, ac.discount_lambda, ac.actor_ent) == (15, 0.99, 0.95, 1e-4)
+    assert (ac.actor_lr, ac.critic_lr, ac.slow_target_update) == (8e-5, 8e-5, 100)
+    assert set(PRESETS) >= {"default", "smoke", "state"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_dreamer.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0 and "--model.kl-balance" in result.stdout
+    assert "--ac.actor-grad" in result.stdout and "smoke" in result.stdout
+
+
+def test_benchmark_update_reports_milliseconds():
+    cfg = tiny("unused")
+    ms = benchmark_update(batch=2, length=4, device="cpu", updates=1, config=cfg)
+    assert 0 < ms < 60_000
