@@ -34,6 +34,7 @@ from worldmodels.nets import (
     gaussian_nll,
     mlp,
 )
+from worldmodels.rssm import RecurrentStateSpaceModel
 
 State = dict[str, torch.Tensor]
 
@@ -122,12 +123,7 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def stack_states(states: list[State], dim: int = 1) -> State:
-    """A list of states (B,) -> one state (B, T)."""
-    return {k: torch.stack([s[k] for s in states], dim) for k in states[0]}
-
-
-class CategoricalRSSM(nn.Module):
+class CategoricalRSSM(RecurrentStateSpaceModel):
     """DreamerV2's world model implementing `worldmodels.protocol.WorldModel`.
 
     Args:
@@ -143,32 +139,22 @@ class CategoricalRSSM(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or CategoricalRSSMConfig()
         self.obs_shape, self.action_dim = tuple(obs_shape), int(action_dim)
-        self.pixels = len(self.obs_shape) == 3
+        self.pixels = self._check_obs_shape(self.obs_shape)
         act, units, layers = nn.ELU, cfg.mlp_units, cfg.mlp_layers
         self.latent_dim = cfg.stoch * cfg.classes
         self.feat_dim = self.latent_dim + cfg.deter
         if self.pixels:
-            if self.obs_shape[:2] != (64, 64):
-                raise ValueError(
-                    f"pixel observations must be (64, 64, C) for the conv encoder, got "
-                    f"{self.obs_shape}; render at 64x64 (envs.make's default)"
-                )
             channels = self.obs_shape[2]
             self.encoder = ConvEncoder(channels, depth=cfg.cnn_depth, act=act)
             self.decoder = ConvDecoder(self.feat_dim, channels, depth=cfg.cnn_depth, act=act)
             embed_dim = self.encoder.embed_dim
-        elif len(self.obs_shape) == 1:
+        else:
             # danijar's MLP encoder ends on its last activation: `layers` Linear+ELU.
             self.encoder = nn.Sequential(
                 mlp(self.obs_shape[0], units, units, layers - 1, act), act()
             )
             self.decoder = mlp(self.feat_dim, self.obs_shape[0], units, layers, act)
             embed_dim = units
-        else:
-            raise ValueError(
-                f"obs_shape {self.obs_shape} is neither pixels (64, 64, C) nor a vector "
-                "(obs_dim,); flatten vector observations"
-            )
         self.img_in = nn.Sequential(nn.Linear(self.latent_dim + action_dim, cfg.hidden), act())
         self.gru = LayerNormGRUCell(cfg.hidden, cfg.deter)
         self.img_out = mlp(cfg.deter, self.latent_dim, cfg.hidden, 1, act)  # prior
@@ -177,10 +163,6 @@ class CategoricalRSSM(nn.Module):
         self.discount_head = (
             mlp(self.feat_dim, 1, units, layers, act) if cfg.pred_discount else None
         )
-
-    @property
-    def device(self) -> torch.device:
-        return self.gru.linear.weight.device
 
     # ------------------------------------------------------------------------------ states
     def initial(self, batch_size: int) -> State:
@@ -199,44 +181,6 @@ class CategoricalRSSM(nn.Module):
         x = self.img_in(torch.cat([state["stoch"].flatten(-2), action], -1))
         deter = self.gru(x, state["deter"])
         return self._latent(self.img_out(deter), deter)
-
-    def obs_step(self, prior: State, embed: torch.Tensor) -> State:
-        """Posterior from the prior's h_t and the observation's embedding (..., E)."""
-        return self._latent(self.obs_out(torch.cat([prior["deter"], embed], -1)), prior["deter"])
-
-    def imagine(self, state: State, actions: torch.Tensor) -> State:
-        """Open-loop prior rollout: state (B,), actions (B, H, A) -> states (B, H), where
-        states[:, h] follows actions[:, h]."""
-        states = []
-        for h in range(actions.shape[1]):
-            state = self.img_step(state, actions[:, h])
-            states.append(state)
-        return stack_states(states)
-
-    def observe(self, obs, action, is_first, state: State | None = None) -> State:
-        """Posterior states (B, T) for obs (B, T, *obs_shape), action (B, T, A), is_first (B, T);
-        see the module's timing diagram. For one step, pass T = 1 and the last posterior."""
-        return self.observe_with_prior(obs, action, is_first, state)[0]
-
-    def observe_with_prior(self, obs, action, is_first, state: State | None = None):
-        """As `observe`, returning (posterior states, one-step prior states), both (B, T)."""
-        obs, action, is_first = self._inputs(obs, action, is_first)
-        return self._filter(self.encoder(self.preprocess(obs)), action, is_first, state)
-
-    def _filter(self, embed, action, is_first, state):
-        B, T = is_first.shape
-        init = self.initial(B)
-        state = init if state is None else state
-        action = action * ~is_first[..., None]
-        posts, priors = [], []
-        for t in range(T):
-            reset = is_first[:, t]
-            state = {k: torch.where(_expand(reset, v), init[k], v) for k, v in state.items()}
-            prior = self.img_step(state, action[:, t])
-            state = self.obs_step(prior, embed[:, t])
-            posts.append(state)
-            priors.append(prior)
-        return stack_states(posts), stack_states(priors)
 
     # ------------------------------------------------------------------------------- heads
     def features(self, state: State) -> torch.Tensor:
@@ -275,17 +219,6 @@ class CategoricalRSSM(nn.Module):
                 f"{obs.dtype}"
             )
         return obs.float() / 255.0 - 0.5
-
-    def _inputs(self, obs, action, is_first):
-        obs = torch.as_tensor(obs, device=self.device)  # uint8 crosses to the device as uint8
-        if tuple(obs.shape[2:]) != self.obs_shape:
-            raise ValueError(
-                f"obs {tuple(obs.shape)} is not (B, T, *{self.obs_shape}); add a time "
-                "dimension of 1 for a single step"
-            )
-        action = torch.as_tensor(action, device=self.device, dtype=torch.float32)
-        is_first = torch.as_tensor(is_first, device=self.device, dtype=torch.bool)
-        return obs, action, is_first
 
     # -------------------------------------------------------------------------------- loss
     def _loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor], State]:
@@ -355,10 +288,6 @@ class CategoricalRSSM(nn.Module):
             )
         optimizer.step()
         return out, {k: v.detach() for k, v in post.items()}
-
-
-def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.reshape(mask.shape + (1,) * (like.dim() - mask.dim()))
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -73,67 +73,34 @@ def kl_normal(q: State, p: State) -> torch.Tensor:
     return 0.5 * (var_ratio + mahalanobis - 1 - torch.log(var_ratio)).sum(-1)
 
 
-class RSSM(nn.Module):
-    """Gaussian RSSM implementing `worldmodels.protocol.WorldModel`.
+class RecurrentStateSpaceModel(nn.Module):
+    """What PlaNet's Gaussian RSSM and DreamerV2's categorical one share: the filtering loop
+    (prior step, then posterior step, resetting to `initial` where is_first), open-loop
+    imagination, the input checks and the choice of encoder and decoder. A subclass sets
+    `img_in` (its first layer fixes the device), `initial`, `img_step`, `obs_step`,
+    `features` and `preprocess`."""
 
-    Args:
-        obs_shape: (64, 64, C) for uint8 pixels (World Models conv encoder/decoder) or
-            (obs_dim,) for vector observations (MLP encoder/decoder).
-        action_dim: A.
-    """
-
-    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, cfg: RSSMConfig | None = None):
-        super().__init__()
-        self.cfg = cfg = cfg or RSSMConfig()
-        self.obs_shape, self.action_dim = tuple(obs_shape), int(action_dim)
-        self.pixels = len(self.obs_shape) == 3
-        feat = cfg.deter + cfg.stoch
-        if self.pixels:
-            if self.obs_shape[:2] != (64, 64):
-                raise ValueError(
-                    f"pixel observations must be (64, 64, C) for the conv encoder, got "
-                    f"{self.obs_shape}; render at 64x64 (envs.make's default)"
-                )
-            self.encoder = ConvEncoder(self.obs_shape[2])
-            self.decoder = ConvDecoder(feat, self.obs_shape[2])
-        elif len(self.obs_shape) == 1:
-            self.encoder = MLPEncoder(self.obs_shape[0], cfg.hidden, cfg.hidden)
-            self.decoder = MLPDecoder(feat, cfg.hidden, self.obs_shape[0])
-        else:
-            raise ValueError(
-                f"obs_shape {self.obs_shape} is neither pixels (64, 64, C) nor a vector "
-                "(obs_dim,); flatten vector observations"
-            )
-        self.img_in = nn.Sequential(nn.Linear(cfg.stoch + action_dim, cfg.hidden), nn.ReLU())
-        self.gru = nn.GRUCell(cfg.hidden, cfg.deter)
-        self.img_out = mlp(cfg.deter, 2 * cfg.stoch, cfg.hidden, 1)  # prior p(s_t | h_t)
-        self.obs_out = mlp(cfg.deter + self.encoder.embed_dim, 2 * cfg.stoch, cfg.hidden, 1)
-        self.reward_head = mlp(feat, 1, cfg.reward_hidden, 2)
+    img_in: nn.Sequential
 
     @property
     def device(self) -> torch.device:
-        return self.gru.weight_hh.device
+        return self.img_in[0].weight.device
 
-    # ------------------------------------------------------------------------------ states
-    def initial(self, batch_size: int) -> State:
-        """Zeros for deter, mean and stoch; ones for std (so it is a valid distribution)."""
-        zeros = torch.zeros(batch_size, self.cfg.stoch, device=self.device)
-        deter = torch.zeros(batch_size, self.cfg.deter, device=self.device)
-        return {"deter": deter, "mean": zeros, "std": torch.ones_like(zeros), "stoch": zeros}
-
-    def _latent(self, x: torch.Tensor, deter: torch.Tensor) -> State:
-        mean, std = x.chunk(2, -1)
-        std = F.softplus(std) + self.cfg.min_std
-        stoch = mean if self.cfg.mean_only else mean + std * torch.randn_like(std)
-        return {"deter": deter, "mean": mean, "std": std, "stoch": stoch}
-
-    def img_step(self, state: State, action: torch.Tensor) -> State:
-        """Prior step: state (...,), action (..., A) -> prior state (...,)."""
-        x = self.img_in(torch.cat([state["stoch"], action], -1))
-        lead = x.shape[:-1]  # GRUCell takes one batch dim; (B, T) batches are flattened
-        deter = self.gru(x.reshape(-1, x.shape[-1]), state["deter"].reshape(-1, self.cfg.deter))
-        deter = deter.reshape(*lead, self.cfg.deter)
-        return self._latent(self.img_out(deter), deter)
+    def _check_obs_shape(self, obs_shape: tuple[int, ...]) -> bool:
+        """True for pixels (64, 64, C), False for vectors (obs_dim,); a clear error otherwise."""
+        if len(obs_shape) == 3:
+            if obs_shape[:2] != (64, 64):
+                raise ValueError(
+                    f"pixel observations must be (64, 64, C) for the conv encoder, got "
+                    f"{obs_shape}; render at 64x64 (envs.make's default)"
+                )
+            return True
+        if len(obs_shape) == 1:
+            return False
+        raise ValueError(
+            f"obs_shape {obs_shape} is neither pixels (64, 64, C) nor a vector (obs_dim,); "
+            "flatten vector observations"
+        )
 
     def obs_step(self, prior: State, embed: torch.Tensor) -> State:
         """Posterior from the prior's h_t and the observation's embedding (..., E)."""
@@ -165,13 +132,78 @@ class RSSM(nn.Module):
         action = action * ~is_first[..., None]
         posts, priors = [], []
         for t in range(T):
-            reset = is_first[:, t, None]
-            state = {k: torch.where(reset, init[k], v) for k, v in state.items()}
+            reset = is_first[:, t]
+            state = {k: torch.where(_expand(reset, v), init[k], v) for k, v in state.items()}
             prior = self.img_step(state, action[:, t])
             state = self.obs_step(prior, embed[:, t])
             posts.append(state)
             priors.append(prior)
         return stack_states(posts), stack_states(priors)
+
+    def _inputs(self, obs, action, is_first):
+        obs = torch.as_tensor(obs, device=self.device)  # uint8 crosses to the device as uint8
+        if tuple(obs.shape[2:]) != self.obs_shape:
+            raise ValueError(
+                f"obs {tuple(obs.shape)} is not (B, T, *{self.obs_shape}); add a time "
+                "dimension of 1 for a single step"
+            )
+        action = torch.as_tensor(action, device=self.device, dtype=torch.float32)
+        is_first = torch.as_tensor(is_first, device=self.device, dtype=torch.bool)
+        return obs, action, is_first
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (B,) mask with trailing singleton dims to broadcast against `like` (B, ...)."""
+    return mask.reshape(mask.shape + (1,) * (like.dim() - mask.dim()))
+
+
+class RSSM(RecurrentStateSpaceModel):
+    """Gaussian RSSM implementing `worldmodels.protocol.WorldModel`.
+
+    Args:
+        obs_shape: (64, 64, C) for uint8 pixels (World Models conv encoder/decoder) or
+            (obs_dim,) for vector observations (MLP encoder/decoder).
+        action_dim: A.
+    """
+
+    def __init__(self, obs_shape: tuple[int, ...], action_dim: int, cfg: RSSMConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or RSSMConfig()
+        self.obs_shape, self.action_dim = tuple(obs_shape), int(action_dim)
+        self.pixels = self._check_obs_shape(self.obs_shape)
+        feat = cfg.deter + cfg.stoch
+        if self.pixels:
+            self.encoder = ConvEncoder(self.obs_shape[2])
+            self.decoder = ConvDecoder(feat, self.obs_shape[2])
+        else:
+            self.encoder = MLPEncoder(self.obs_shape[0], cfg.hidden, cfg.hidden)
+            self.decoder = MLPDecoder(feat, cfg.hidden, self.obs_shape[0])
+        self.img_in = nn.Sequential(nn.Linear(cfg.stoch + action_dim, cfg.hidden), nn.ReLU())
+        self.gru = nn.GRUCell(cfg.hidden, cfg.deter)
+        self.img_out = mlp(cfg.deter, 2 * cfg.stoch, cfg.hidden, 1)  # prior p(s_t | h_t)
+        self.obs_out = mlp(cfg.deter + self.encoder.embed_dim, 2 * cfg.stoch, cfg.hidden, 1)
+        self.reward_head = mlp(feat, 1, cfg.reward_hidden, 2)
+
+    # ------------------------------------------------------------------------------ states
+    def initial(self, batch_size: int) -> State:
+        """Zeros for deter, mean and stoch; ones for std (so it is a valid distribution)."""
+        zeros = torch.zeros(batch_size, self.cfg.stoch, device=self.device)
+        deter = torch.zeros(batch_size, self.cfg.deter, device=self.device)
+        return {"deter": deter, "mean": zeros, "std": torch.ones_like(zeros), "stoch": zeros}
+
+    def _latent(self, x: torch.Tensor, deter: torch.Tensor) -> State:
+        mean, std = x.chunk(2, -1)
+        std = F.softplus(std) + self.cfg.min_std
+        stoch = mean if self.cfg.mean_only else mean + std * torch.randn_like(std)
+        return {"deter": deter, "mean": mean, "std": std, "stoch": stoch}
+
+    def img_step(self, state: State, action: torch.Tensor) -> State:
+        """Prior step: state (...,), action (..., A) -> prior state (...,)."""
+        x = self.img_in(torch.cat([state["stoch"], action], -1))
+        lead = x.shape[:-1]  # GRUCell takes one batch dim; (B, T) batches are flattened
+        deter = self.gru(x.reshape(-1, x.shape[-1]), state["deter"].reshape(-1, self.cfg.deter))
+        deter = deter.reshape(*lead, self.cfg.deter)
+        return self._latent(self.img_out(deter), deter)
 
     # ------------------------------------------------------------------------------- heads
     def features(self, state: State) -> torch.Tensor:
@@ -208,17 +240,6 @@ class RSSM(nn.Module):
                 f"{obs.dtype}; convert with postprocess_obs or keep the raw frames"
             )
         return preprocess_obs(obs, self.cfg.image_bits)
-
-    def _inputs(self, obs, action, is_first):
-        obs = torch.as_tensor(obs, device=self.device)  # uint8 crosses to the device as uint8
-        if tuple(obs.shape[2:]) != self.obs_shape:
-            raise ValueError(
-                f"obs {tuple(obs.shape)} is not (B, T, *{self.obs_shape}); add a time "
-                "dimension of 1 for a single step"
-            )
-        action = torch.as_tensor(action, device=self.device, dtype=torch.float32)
-        is_first = torch.as_tensor(is_first, device=self.device, dtype=torch.bool)
-        return obs, action, is_first
 
     # -------------------------------------------------------------------------------- loss
     def latent_overshooting(self, post: State, prior: State, action, is_first, reward=None):
