@@ -39,6 +39,7 @@ from torch import nn
 from planners.cem import map_state
 from worldmodels.dreamer import autocast, make_optimizer, straight_through_onehot
 from worldmodels.nets import gaussian_nll, mlp
+from worldmodels.rssm import metric_floats
 
 
 @dataclass
@@ -347,8 +348,7 @@ class ActorCritic(nn.Module):
             imag_reward=seq["reward"].mean(),
             critic_target=target.mean(),
         )
-        values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
-        out = dict(zip(metrics, values, strict=True))  # the one host sync of the update
+        out = metric_floats(metrics)  # the one host sync of the update
         if not all(math.isfinite(v) for v in out.values()):
             raise FloatingPointError(
                 f"actor-critic loss or gradient is not finite ({out}); lower --ac.actor-lr"

@@ -20,7 +20,6 @@ A state is a dict with leading dims (B,) or (B, T): "deter" (..., deter), "logit
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +33,7 @@ from worldmodels.nets import (
     gaussian_nll,
     mlp,
 )
-from worldmodels.rssm import RecurrentStateSpaceModel
+from worldmodels.rssm import RecurrentStateSpaceModel, metric_floats
 
 State = dict[str, torch.Tensor]
 
@@ -266,7 +265,7 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
         Returns (scalar loss, metrics as floats, posterior states (B, T), still in the graph).
         """
         loss, metrics, post = self._loss(batch)
-        return loss, _floats(metrics), post
+        return loss, metric_floats(metrics), post
 
     def train_step(self, batch: dict, optimizer: torch.optim.Optimizer):
         """One update: loss (bf16 autocast on CUDA), backward, clipping to global norm
@@ -277,24 +276,10 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
         """
         with autocast(self.device):
             loss, metrics, post = self._loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["grad_norm"] = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.grad_clip)
-        out = _floats(metrics)  # the one host sync of the step
-        if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
-            raise FloatingPointError(
-                f"world model loss or gradient is not finite ({out}); lower the learning rate "
-                "or check the batch for NaN observations or rewards"
-            )
-        optimizer.step()
+        out = self._optimize(loss, metrics, optimizer)
         return out, {k: v.detach() for k, v in post.items()}
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
     log_p = F.log_softmax(logits.float(), -1)
     return -(log_p.exp() * log_p).sum((-2, -1))
-
-
-def _floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-    values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
-    return dict(zip(metrics, values, strict=True))

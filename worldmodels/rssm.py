@@ -151,6 +151,22 @@ class RecurrentStateSpaceModel(nn.Module):
         is_first = torch.as_tensor(is_first, device=self.device, dtype=torch.bool)
         return obs, action, is_first
 
+    def _optimize(self, loss, metrics: dict, optimizer) -> dict[str, float]:
+        """Backward, clip to the global norm `cfg.grad_clip`, step: the metrics as floats plus
+        `grad_norm` (before clipping), in one host sync. A non-finite loss or gradient raises
+        FloatingPointError before the step touches the weights."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["grad_norm"] = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.grad_clip)
+        out = metric_floats(metrics)  # the one host sync of the step
+        if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
+            raise FloatingPointError(
+                f"{type(self).__name__} loss or gradient is not finite ({out}); lower the "
+                "learning rate or check the batch for NaN observations or rewards"
+            )
+        optimizer.step()
+        return out
+
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A (B,) mask with trailing singleton dims to broadcast against `like` (B, ...)."""
@@ -332,24 +348,14 @@ class RSSM(RecurrentStateSpaceModel):
             (scalar loss, metrics as floats, posterior states (B, T), still in the graph).
         """
         loss, metrics, post = self._loss(batch)
-        return loss, _floats(metrics), post
+        return loss, metric_floats(metrics), post
 
     def train_step(self, batch: dict, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         """One update: loss, backward, gradient clipping to global norm `grad_clip` (PlaNet's
         clip_by_global_norm), Adam step. Raises FloatingPointError on a non-finite loss before
         the step touches the weights. Returns the metrics plus `grad_norm` (before clipping)."""
         loss, metrics, _ = self._loss(batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics["grad_norm"] = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.grad_clip)
-        out = _floats(metrics)  # the one host sync of the step
-        if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
-            raise FloatingPointError(
-                f"RSSM loss or gradient is not finite ({out}); lower the learning rate or "
-                "check the batch for NaN observations or rewards"
-            )
-        optimizer.step()
-        return out
+        return self._optimize(loss, metrics, optimizer)
 
 
 def make_optimizer(model: RSSM, cfg: RSSMConfig | None = None) -> torch.optim.Adam:
@@ -360,6 +366,7 @@ def make_optimizer(model: RSSM, cfg: RSSMConfig | None = None) -> torch.optim.Ad
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
 
 
-def _floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+def metric_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar tensors -> floats in one device-to-host copy."""
     values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
     return dict(zip(metrics, values, strict=True))

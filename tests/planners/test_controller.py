@@ -21,13 +21,7 @@ from planners.controller import (
 from worldmodels.mdnrnn import MDNRNN, MDNRNNConfig
 from worldmodels.vae import ConvVAE
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_linear_controller_layout_and_action_maps():

@@ -34,13 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EPISODE = 12  # env steps per collected episode
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a busy 2-core machine run the small convs many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(logdir, **overrides) -> WorldModelsConfig:

@@ -14,14 +14,7 @@ from worldmodels import WorldModel
 from worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels, mdn_nll, sample_mdn
 from worldmodels.vae import ConvVAE
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a busy 2-core machine run these small nets many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(**kw):

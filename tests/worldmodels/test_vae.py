@@ -7,14 +7,7 @@ from torch.distributions import Normal, kl_divergence
 
 from worldmodels.vae import ConvVAE, kl_floor_loss, kl_to_standard_normal, train_vae_step
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two torch threads on a busy 2-core machine run these small convs ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def frames(n, seed=0):
