@@ -347,45 +347,32 @@ def load_run(run_dir: Path, device) -> LoadedRun:
     return LoadedRun(model, cfg, cfg.env, env_options(cfg), Path(run_dir) / "replay")
 
 
-def benchmark_update(
-    batch: int = 16,
-    length: int = 50,
-    device="cpu",
-    updates: int = 3,
-    obs_shape: tuple[int, ...] = (64, 64, 3),
-    action_dim: int = 6,
-    config: DreamerConfig | None = None,
-) -> float:
-    """Milliseconds per DreamerV2 update (world model + actor-critic) on random data, with the
-    dmc_vision sizes unless `config` says otherwise; one warm-up update is not timed."""
+def setup_update(obs_shape, action_dim: int, device, config: DreamerConfig | None = None):
+    """A fresh world model, actor-critic and model optimiser (dmc_vision sizes unless `config`
+    says otherwise): (model, actor_critic, optimizer), for `make_update`."""
     cfg = config or DreamerConfig()
-    device = torch.device(device)
-    model = CategoricalRSSM(obs_shape, action_dim, cfg.model).to(device)
+    model = CategoricalRSSM(tuple(obs_shape), action_dim, cfg.model).to(device)
     ac = ActorCritic(model.feat_dim, action_dim, cfg.ac).to(device)
     optimizer = make_optimizer(
         model.parameters(), cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay
     )
-    rng = np.random.default_rng(0)
+    return model, ac, optimizer
+
+
+def random_batch(obs_shape, action_dim: int, batch: int, length: int, seed: int = 0) -> dict:
+    """A replay-shaped batch of random data (uint8 pixels or float vectors), one episode start
+    per sequence, for benchmarks and tests."""
+    rng = np.random.default_rng(seed)
     if len(obs_shape) == 3:
         obs = rng.integers(0, 256, (batch, length, *obs_shape), dtype=np.uint8)
     else:
         obs = rng.normal(size=(batch, length, *obs_shape)).astype(np.float32)
     is_first = np.zeros((batch, length), bool)
     is_first[:, 0] = True
-    data = {
+    return {
         "obs": obs,
         "action": rng.uniform(-1, 1, (batch, length, action_dim)).astype(np.float32),
         "reward": rng.normal(size=(batch, length)).astype(np.float32),
         "is_first": is_first,
         "is_terminal": np.zeros((batch, length), bool),
     }
-    update = make_update(model, ac, optimizer, device)
-    update(data)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(updates):
-        update(data)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return 1000 * (time.perf_counter() - start) / updates

@@ -5,7 +5,7 @@ train.py):
     collect     random-action rollouts        -> rollouts/{index:08d}-{T}.npz (EpisodeReplay files)
     vae         ConvVAE on every stored frame -> vae.pt,      gifs/vae_recon_*.gif
     encode      (mu, logvar) of every frame   -> series.npz
-    mdnrnn      MDN-RNN on z sampled from it  -> mdnrnn.pt,   gifs/dream_openloop_*.gif
+    mdnrnn      MDN-RNN on z sampled from it  -> mdnrnn.pt,   gifs/mdnrnn_dream_openloop_*.gif
     controller  CMA-ES on the linear C        -> controller.pt, gifs/controller_*.gif
 
     from planners.worldmodels_pipeline import WorldModelsConfig, train_worldmodels

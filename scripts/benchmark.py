@@ -4,6 +4,7 @@
     python scripts/benchmark.py --only render        # pixel env steps/s, fast vs dm-control default
     python scripts/benchmark.py --only replay        # sampling 16 x 50 frames from a full replay
     python scripts/benchmark.py --only planet --device cuda   # RSSM update and CEM action time
+    python scripts/benchmark.py --only dreamer   # DreamerV2 update, pixels and state
     python scripts/benchmark.py --json out.json      # also write the figures as JSON
 
 Figures are medians over repeats, printed as a table; nothing here is asserted by tests.
@@ -85,6 +86,24 @@ def bench_replay(capacity: int, batch: int, length: int, repeats: int) -> dict:
     }
 
 
+def timed(fn, device: str, repeats: int) -> float:
+    """Median milliseconds of `repeats` calls of fn after one untimed warm-up call (allocator,
+    kernels), synchronising CUDA around each."""
+    import torch
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times))
+
+
 def bench_planet(device: str, repeats: int) -> dict:
     """PlaNet at the paper's sizes: one RSSM update on a 50 x 50 batch of 64 x 64 pixels (Adam
     step included), and one CEM action (1000 candidates x horizon 12 x 10 iterations)."""
@@ -92,19 +111,6 @@ def bench_planet(device: str, repeats: int) -> dict:
 
     from planners.cem import CEMConfig, cem_plan
     from worldmodels.rssm import RSSM, make_optimizer
-
-    def timed(fn):
-        fn()  # warm-up: allocator, kernels
-        times = []
-        for _ in range(repeats):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return 1e3 * float(np.median(times))
 
     torch.manual_seed(0)
     model = RSSM((64, 64, 3), 1).to(device)
@@ -117,10 +123,28 @@ def bench_planet(device: str, repeats: int) -> dict:
         "is_first": torch.zeros(B, T, dtype=torch.bool, device=device),
     }
     batch["is_first"][:, 0] = True
-    update_ms = timed(lambda: model.train_step(batch, optimizer))
+    update_ms = timed(lambda: model.train_step(batch, optimizer), device, repeats)
     belief = {k: v[:1] for k, v in model.initial(1).items()}
-    cem_ms = timed(lambda: cem_plan(model, belief, 1, CEMConfig()))
+    cem_ms = timed(lambda: cem_plan(model, belief, 1, CEMConfig()), device, repeats)
     return {"device": device, "update_50x50_ms": update_ms, "cem_action_ms": cem_ms}
+
+
+def bench_dreamer(device: str, repeats: int) -> dict:
+    """DreamerV2 at dmc_vision's sizes: one update (world model on a 16 x 50 batch, then the
+    actor-critic imagining 15 steps from all 800 posteriors, both optimiser steps), on 64 x 64
+    pixels and on a 5-dim state vector (dmc_proprio's MLP encoder and decoder)."""
+    import torch
+
+    from planners.dreamer import make_update, random_batch, setup_update
+
+    out = {"device": device}
+    for name, obs_shape in (("pixels", (64, 64, 3)), ("state", (5,))):
+        torch.manual_seed(0)
+        model, ac, optimizer = setup_update(obs_shape, 1, device)
+        batch = random_batch(obs_shape, 1, 16, 50)
+        update = make_update(model, ac, optimizer, device)
+        out[f"update_16x50_{name}_ms"] = timed(lambda u=update, b=batch: u(b), device, repeats)
+    return out
 
 
 def main(argv=None) -> dict:
@@ -128,7 +152,9 @@ def main(argv=None) -> dict:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", default="render,replay,planet", help="comma-separated: render, replay, planet"
+        "--only",
+        default="render,replay,planet,dreamer",
+        help="comma-separated: render, replay, planet, dreamer",
     )
     parser.add_argument(
         "--render-steps", type=int, default=2000, help="steps per task, fast renderer"
@@ -143,16 +169,21 @@ def main(argv=None) -> dict:
         "--replay-capacity", type=int, default=100_000, help="replay rows (env steps)"
     )
     parser.add_argument("--replay-repeats", type=int, default=200, help="timed samples")
-    parser.add_argument("--device", default="cpu", help="torch device for the planet section")
+    parser.add_argument(
+        "--device", default="cpu", help="torch device for the planet and dreamer sections"
+    )
     parser.add_argument(
         "--planet-repeats", type=int, default=3, help="timed PlaNet updates/actions"
     )
+    parser.add_argument("--dreamer-repeats", type=int, default=3, help="timed DreamerV2 updates")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = sections - {"render", "replay", "planet"}
+    unknown = sections - {"render", "replay", "planet", "dreamer"}
     if unknown:
-        parser.error(f"unknown section(s) {sorted(unknown)}; choose from render, replay, planet")
+        parser.error(
+            f"unknown section(s) {sorted(unknown)}; choose from render, replay, planet, dreamer"
+        )
 
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}"
@@ -179,6 +210,14 @@ def main(argv=None) -> dict:
             f"\nPlaNet on {r['device']}: RSSM update (50 x 50, 64x64 pixels) "
             f"{r['update_50x50_ms']:.0f} ms; CEM action (1000 x 12 x 10) "
             f"{r['cem_action_ms']:.1f} ms"
+        )
+    if "dreamer" in sections:
+        r = bench_dreamer(args.device, args.dreamer_repeats)
+        results["dreamer"] = r
+        print(
+            f"\nDreamerV2 on {r['device']}: update (16 x 50, world model + actor-critic) "
+            f"{r['update_16x50_pixels_ms']:.0f} ms with 64x64 pixels, "
+            f"{r['update_16x50_state_ms']:.0f} ms with state vectors"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
