@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worldmodels.rssm import stack_states
 from worldmodels.vae import ConvVAE
 
 State = dict[str, torch.Tensor]  # "z" (..., z_dim), "h" (..., hidden), "c" (..., hidden)
@@ -267,7 +268,7 @@ class WorldModels(nn.Module):
         for t in range(actions.shape[1]):
             state = self.img_step(state, actions[:, t])
             states.append(state)
-        return {k: torch.stack([s[k] for s in states], 1) for k in states[0]}
+        return stack_states(states)
 
     def features(self, state: State) -> torch.Tensor:
         """[z, h]: (..., z_dim + hidden)."""
