@@ -24,7 +24,7 @@ import torch
 from planners.actor_critic import ActorCritic, ActorCriticConfig
 from planners.cem import map_state
 from planners.planet import env_action_repeat, run_episode
-from planners.runs import LoadedRun, openloop_frames
+from planners.runs import LoadedRun, open_replay, openloop_frames, replay_checkpoint
 from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig, make_optimizer
 
 
@@ -150,14 +150,12 @@ def make_update(model: CategoricalRSSM, ac: ActorCritic, optimizer, device):
 def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     """Train DreamerV2 as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
     checkpoint and replay) up to `cfg.steps` env steps. Returns a summary dict."""
-    from envs.replay import EpisodeReplay
     from infra import (
         Logger,
         load_checkpoint,
         prepare_run_dir,
         progress,
         resolve_device,
-        rng_state,
         save_checkpoint,
         save_config,
         seed_everything,
@@ -190,18 +188,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         set_rng_state(state["rng"])
         episodes, pretrained = int(state["episodes"]), bool(state["pretrained"])
         last_eval, eval_return = int(state["last_eval"]), state.get("eval_return")
-        replay = EpisodeReplay.load(
-            run_dir / "replay",
-            cfg.capacity,
-            seed=cfg.seed + 1000 * (episodes + 1),
-            max_episodes=int(state["replay_episodes"]),
-        )
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state["numpy_rng"]
     else:
-        replay = EpisodeReplay(cfg.capacity, directory=run_dir / "replay", seed=cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        episodes, pretrained, last_eval, eval_return = 0, False, 0, None
+        state, episodes, pretrained, last_eval, eval_return = None, 0, False, 0, None
+    replay, rng = open_replay(run_dir, cfg.capacity, cfg.seed, state)
     save_config(cfg, run_dir)  # on resume too: a larger budget is the run's config from now on
     # A fresh env seed after a resume: the interrupted env's state cannot be restored.
     env.reset(seed=cfg.seed + 1000 * replay.total_episodes)
@@ -218,11 +207,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             "episodes": episodes,
             "pretrained": pretrained,
             "last_eval": last_eval,
-            "replay_episodes": replay.total_episodes,
             "env_steps": env_steps(),
-            "rng": rng_state(),
-            "numpy_rng": rng.bit_generator.state,
             "eval_return": eval_return,
+            **replay_checkpoint(replay, rng),
         }
         save_checkpoint(ckpt_path, state, meta=meta)
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from planners.cem import CEMConfig, Planner
-from planners.runs import LoadedRun, openloop_frames
+from planners.runs import LoadedRun, open_replay, openloop_frames, replay_checkpoint
 from worldmodels.rssm import RSSM, RSSMConfig, make_optimizer
 
 
@@ -121,14 +121,12 @@ def run_episode(env, policy, replay=None, record: bool = False):
 def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
     """Train PlaNet as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
     checkpoint and replay) up to `cfg.episodes`. Returns a summary dict."""
-    from envs.replay import EpisodeReplay
     from infra import (
         Logger,
         load_checkpoint,
         prepare_run_dir,
         progress,
         resolve_device,
-        rng_state,
         save_checkpoint,
         save_config,
         seed_everything,
@@ -160,19 +158,10 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
             set_rng_state(state["rng"])
         else:  # checkpoints written before the CUDA/NumPy/Python states were saved
             torch.set_rng_state(state["torch_rng"].cpu())
-        replay = EpisodeReplay.load(
-            run_dir / "replay",
-            cfg.capacity,
-            seed=cfg.seed + 1000 * (done + 1),
-            max_episodes=int(state["replay_episodes"]),
-        )
-        rng = np.random.default_rng()
-        rng.bit_generator.state = state["numpy_rng"]
         eval_return = state.get("eval_return")
     else:
-        replay = EpisodeReplay(cfg.capacity, directory=run_dir / "replay", seed=cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        done, eval_return = 0, None
+        state, done, eval_return = None, 0, None
+    replay, rng = open_replay(run_dir, cfg.capacity, cfg.seed, state)
     save_config(cfg, run_dir)  # on resume too: a larger budget is the run's config from now on
     # A fresh env seed after a resume: the interrupted env's state cannot be restored.
     env.reset(seed=cfg.seed + 1000 * done)
@@ -186,11 +175,9 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "episodes": done,
-            "replay_episodes": replay.total_episodes,
             "env_steps": env_steps(),
-            "rng": rng_state(),
-            "numpy_rng": rng.bit_generator.state,
             "eval_return": eval_return,
+            **replay_checkpoint(replay, rng),
         }
         save_checkpoint(ckpt_path, state, meta=meta)
 
