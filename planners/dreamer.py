@@ -285,7 +285,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             row = {f"train/{k}": v / counts["updates"] for k, v in sums.items()}
             row.update({"train/return": train_return, "train/length": length})
             row.update({"train/updates": int(ac.updates), "train/episodes": replay.total_episodes})
-            row["train/fps"] = length * repeat / (time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            row["train/fps"] = length * repeat / seconds  # env steps/s, updates included
+            row["train/updates_per_s"] = counts["updates"] / seconds
             done = env_steps() >= cfg.steps
             if replay.total_steps - last_eval >= cfg.eval_every or done:
                 eval_return, last_eval = evaluate(), replay.total_steps

@@ -69,6 +69,8 @@ def test_smoke_run_leaves_a_run_directory(tmp_path):
     last = rows[-1]
     assert last["step"] == 2000 and "eval/return" in last  # at the end, though eval_every > steps
     assert np.isfinite(last["train/model/loss"]) and np.isfinite(last["train/ac/critic_loss"])
+    # Both rates share the episode's wall time: 3 updates per 1000 env steps.
+    assert last["train/updates_per_s"] / last["train/fps"] * 1000 == pytest.approx(3)
     assert len(sorted((run / "replay").glob("*.npz"))) == 2
     assert not (run / "gifs").exists()  # state observations: no open-loop video
 
@@ -147,7 +149,8 @@ def test_defaults_presets_and_help():
 
 def test_one_update_trains_model_actor_and_critic_on_a_fixed_batch():
     """The update the benchmark times (`make_update` on `random_batch`): repeated on a batch of
-    constant observations and rewards, the world-model loss falls and actor, critic and model all change."""
+    constant observations and rewards, the world-model loss falls and actor, critic and model
+    all change."""
     cfg = tiny("unused")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, lr=3e-3))
     model, ac, optimizer = setup_update((5,), 1, "cpu", cfg)
