@@ -45,12 +45,15 @@ def postprocess_obs(x: torch.Tensor, bits: int = 5) -> torch.Tensor:
     return x.clamp(0, 255).to(torch.uint8)
 
 
-def mlp(in_dim: int, out_dim: int, hidden: int, layers: int, act=nn.ReLU) -> nn.Sequential:
-    """`layers` hidden Linear+act layers of width `hidden`, then a linear output layer."""
+def mlp(
+    in_dim: int, out_dim: int, hidden: int, layers: int, act=nn.ReLU, layernorm: bool = False
+) -> nn.Sequential:
+    """`layers` hidden layers of width `hidden` (Linear, LayerNorm if `layernorm`, act), then a
+    linear output layer."""
     dims = [in_dim] + [hidden] * layers
     modules: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:], strict=True):
-        modules += [nn.Linear(a, b), act()]
+        modules += [nn.Linear(a, b), *([nn.LayerNorm(b)] if layernorm else []), act()]
     modules.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*modules)
 
