@@ -1,0 +1,157 @@
+"""SAC-N (An et al. 2021, "Uncertainty-Based Offline RL with Diversified Q-Ensemble"), as CORL's
+sac_n.py: SAC whose pessimism comes only from the minimum over N critics.
+
+Per update, in the EDAC paper's (and CORL's) order alpha -> actor -> critic:
+alpha:  a~ ~ pi(.|s) (no gradient);  L = mean -log_alpha (log pi(a~|s) + target_entropy),
+        target_entropy = -A
+actor:  a~ ~ pi(.|s);  L = mean alpha log pi(a~|s) - min_i Q_i(s, a~)
+critic: a' ~ pi(.|s');  y = r + gamma (1 - d) (min_i Q'_i(s', a') - alpha log pi(a'|s'))
+        L = sum_i mean (Q_i(s, a) - y)^2      (i over the N members of one batched ensemble)
+then Q' <- (1 - tau) Q' + tau Q. The actor and critic use alpha after this update's alpha step.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from offline.common import (
+    EnsembleCritic,
+    EnsembleLinear,
+    OfflineAlgorithm,
+    TanhGaussianActor,
+    floats,
+    soft_update,
+)
+
+
+@dataclass
+class SACNConfig:
+    num_critics: int = 10
+    discount: float = 0.99
+    tau: float = 5e-3
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    alpha_lr: float = 3e-4
+    log_std_min: float = -5.0  # the EDAC paper's clip of log sigma, not SAC's -20
+    log_std_max: float = 2.0
+    hidden: int = 256
+    layers: int = 3
+    batch_size: int = 256
+    normalize_states: bool = False
+    normalize_reward: bool = False
+
+
+def soft_q_target(
+    rewards: torch.Tensor,
+    dones: torch.Tensor,
+    next_q: torch.Tensor,
+    next_log_pi: torch.Tensor,
+    alpha: torch.Tensor | float,
+    discount: float,
+) -> torch.Tensor:
+    """y = r + gamma (1 - d) (min_i Q'_i(s', a') - alpha log pi(a'|s')), (B,), from rewards and
+    dones (B,), next_q (N, B) and next_log_pi (B,)."""
+    soft_v = next_q.min(0).values - alpha * next_log_pi
+    return rewards + discount * (1.0 - dones) * soft_v
+
+
+def _edac_init(actor: TanhGaussianActor, critic: EnsembleCritic) -> None:
+    """The EDAC paper's init (CORL's): hidden biases 0.1; the actor's output layer uniform in
+    +-1e-3 and the critics' in +-3e-3, weights and biases."""
+    with torch.no_grad():
+        for lin in [m for m in actor.net if isinstance(m, nn.Linear)][:-1]:
+            lin.bias.fill_(0.1)
+        nn.init.uniform_(actor.net[-1].weight, -1e-3, 1e-3)
+        nn.init.uniform_(actor.net[-1].bias, -1e-3, 1e-3)
+        linears = [m for m in critic.net if isinstance(m, EnsembleLinear)]
+        for lin in linears[:-1]:
+            lin.bias.fill_(0.1)
+        nn.init.uniform_(linears[-1].weight, -3e-3, 3e-3)
+        nn.init.uniform_(linears[-1].bias, -3e-3, 3e-3)
+
+
+class SACN(OfflineAlgorithm):
+    name = "sacn"
+
+    def __init__(self, obs_dim, action_dim, cfg: SACNConfig, max_action: float = 1.0):
+        super().__init__(obs_dim, action_dim, cfg, max_action)
+        self.actor = TanhGaussianActor(
+            obs_dim, action_dim, cfg.hidden, cfg.layers, max_action,
+            log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
+        )  # fmt: skip
+        self.critic = EnsembleCritic(obs_dim, action_dim, cfg.num_critics, cfg.hidden, cfg.layers)
+        _edac_init(self.actor, self.critic)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.target_entropy = -float(action_dim)
+        self.log_alpha = nn.Parameter(torch.zeros(()))
+        self.optimizers = {
+            "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
+            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
+            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+        }
+
+    def alpha_loss(self, obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            _, log_pi = self.actor(obs)
+        return (-self.log_alpha * (log_pi + self.target_entropy)).mean()
+
+    def actor_loss(self, obs: torch.Tensor, alpha: torch.Tensor):
+        pi, log_pi = self.actor(obs)
+        q = self.critic(obs, pi)  # (N, B)
+        loss = (alpha * log_pi - q.min(0).values).mean()
+        return loss, {"batch_entropy": -log_pi.mean(), "q_policy_std": q.std(0).mean()}
+
+    @torch.no_grad()
+    def q_target(self, batch, alpha: torch.Tensor) -> torch.Tensor:
+        next_a, next_log_pi = self.actor(batch["next_observations"])
+        next_q = self.critic_target(batch["next_observations"], next_a)
+        return soft_q_target(
+            batch["rewards"], batch["dones"], next_q, next_log_pi, alpha, self.cfg.discount
+        )
+
+    def critic_loss(self, batch, alpha: torch.Tensor):
+        """-> (loss, metrics); EDAC adds its diversity term here."""
+        target = self.q_target(batch, alpha)
+        q = self.critic(batch["observations"], batch["actions"])  # (N, B)
+        loss = ((q - target) ** 2).mean(1).sum()
+        return loss, {"critic_loss": loss, "q": q.mean(), "q_std": q.std(0).mean()}
+
+    def _step(self, name: str, loss: torch.Tensor) -> None:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def update(self, batch):
+        obs = batch["observations"]
+        alpha_loss = self.alpha_loss(obs)
+        self._step("alpha", alpha_loss)
+        alpha = self.log_alpha.exp().detach()
+
+        self.critic.requires_grad_(False)  # the actor's gradient needs none for the critics
+        actor_loss, metrics = self.actor_loss(obs, alpha)
+        self._step("actor", actor_loss)
+        self.critic.requires_grad_(True)
+
+        critic_loss, critic_metrics = self.critic_loss(batch, alpha)
+        self._step("critic", critic_loss)
+        soft_update(self.critic_target, self.critic, self.cfg.tau)
+        self.updates += 1
+
+        with torch.no_grad():  # CORL's gauge of ensemble disagreement away from the data
+            m = self.max_action
+            random_a = torch.rand_like(batch["actions"]) * (2 * m) - m
+            q_random_std = self.critic(obs, random_a).std(0).mean()
+        metrics.update(critic_metrics)
+        metrics.update(
+            actor_loss=actor_loss, alpha_loss=alpha_loss, alpha=alpha, q_random_std=q_random_std
+        )
+        return floats(metrics)
+
+    @torch.no_grad()
+    def act(self, obs):
+        return self.actor(obs, deterministic=True)[0]
