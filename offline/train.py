@@ -1,0 +1,288 @@
+"""Train any algorithm of the offline suite on a Minari dataset, evaluating in the real env.
+
+    cfg = OfflineConfig(algo="iql", dataset="wmrl/hopper-medium-v0", steps=1_000_000)
+    summary = train_offline(cfg)          # or scripts/train_offline.py --algo iql --dataset ...
+
+The dataset's states are z-scored with its own statistics where the algorithm's config says
+`normalize_states` (evaluation uses the same statistics); IQL's locomotion reward scaling,
+r * 1000 / (max episode return - min episode return), where it says `normalize_reward`. Only
+terminations stop bootstrapping (`envs.to_transitions`).
+
+metrics.jsonl (step = gradient steps): train/<loss terms> averaged over `log_every` updates,
+train/updates_per_s, eval/return (mean over `eval_episodes` deterministic episodes),
+eval/return_std and, for datasets with reference scores, eval/normalized_score (D4RL scale).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from offline.awac import AWAC, AWACConfig
+from offline.bc import BC, BCConfig
+from offline.common import Normalizer, OfflineAlgorithm, TransitionBuffer
+from offline.cql import CQL, CQLConfig
+from offline.edac import EDAC, EDACConfig
+from offline.iql import IQL, IQLConfig
+from offline.rebrac import ReBRAC, ReBRACConfig
+from offline.sacn import SACN, SACNConfig
+from offline.td3bc import TD3BC, TD3BCConfig
+
+ALGORITHMS: dict[str, type[OfflineAlgorithm]] = {
+    "bc": BC,
+    "td3bc": TD3BC,
+    "cql": CQL,
+    "iql": IQL,
+    "awac": AWAC,
+    "rebrac": ReBRAC,
+    "sacn": SACN,
+    "edac": EDAC,
+}
+AlgoName = Literal["bc", "td3bc", "cql", "iql", "awac", "rebrac", "sacn", "edac"]
+
+
+@dataclass
+class OfflineConfig:
+    algo: AlgoName = "td3bc"
+    dataset: str = ""  # a Minari dataset id or path (required)
+    env: str = ""  # evaluation env (envs.make id); empty: the dataset's recover_environment()
+    logdir: str = "runs/offline"
+    seed: int = 0
+    device: str = "auto"
+    steps: int = 1_000_000  # gradient steps (CORL: 1M; SAC-N and EDAC use 3M)
+    eval_every: int = 5000
+    eval_episodes: int = 10
+    log_every: int = 1000
+    checkpoint_every: int = 50_000
+    # One config per algorithm, each with its paper's values: --iql.beta 10, --cql.cql_alpha 5.
+    bc: BCConfig = field(default_factory=BCConfig)
+    td3bc: TD3BCConfig = field(default_factory=TD3BCConfig)
+    cql: CQLConfig = field(default_factory=CQLConfig)
+    iql: IQLConfig = field(default_factory=IQLConfig)
+    awac: AWACConfig = field(default_factory=AWACConfig)
+    rebrac: ReBRACConfig = field(default_factory=ReBRACConfig)
+    sacn: SACNConfig = field(default_factory=SACNConfig)
+    edac: EDACConfig = field(default_factory=EDACConfig)
+
+
+def _smoke() -> dict:
+    out = {"steps": 200, "eval_every": 100, "eval_episodes": 2, "log_every": 50}
+    out["checkpoint_every"] = 100
+    for name in ALGORITHMS:
+        out.update({f"{name}.hidden": 32, f"{name}.batch_size": 64})
+    return out
+
+
+# "smoke": about 20 s on a 2-core CPU for any algorithm on a small dataset.
+PRESETS = {"default": {}, "smoke": _smoke()}
+
+
+def reward_scale(dataset) -> float:
+    """IQL's locomotion scaling: 1000 / (max - min) of the dataset's episode returns."""
+    returns = dataset.returns()
+    spread = float(returns.max() - returns.min()) if len(returns) else 0.0
+    if spread <= 0:
+        raise ValueError(
+            f"dataset {dataset.dataset_id!r}: normalize_reward needs episodes with different "
+            f"returns (all {len(returns)} episodes return {returns[:1]}); set "
+            "--<algo>.normalize_reward false"
+        )
+    return 1000.0 / spread
+
+
+def max_action_of(space: gym.Space, what: str) -> float:
+    """The bound of a symmetric Box action space [-m, m]^A (the suite's actors are tanh-scaled)."""
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise ValueError(f"{what}: the offline suite needs a flat Box action space, got {space}")
+    high, low = np.asarray(space.high, np.float64), np.asarray(space.low, np.float64)
+    if not (np.allclose(low, -high) and np.allclose(high, high[0]) and np.isfinite(high).all()):
+        raise ValueError(
+            f"{what}: action bounds must be [-m, m] in every dimension, got low={low} "
+            f"high={high}; rescale the env's actions (gymnasium.wrappers.RescaleAction)"
+        )
+    return float(high[0])
+
+
+def eval_env_for(cfg: OfflineConfig, dataset) -> gym.Env:
+    if cfg.env:
+        import envs
+
+        env = envs.make(cfg.env)
+    else:
+        env = dataset.recover_environment()
+    dataset.check_env(env)
+    return env
+
+
+@torch.no_grad()
+def evaluate(env, algo, normalizer, episodes: int, seed: int) -> np.ndarray:
+    """Undiscounted returns (episodes,) of algo.act on normalised states, one env reset seed
+    per episode (seed, seed + 1, ...), so every evaluation sees the same starts."""
+    algo.eval()
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            x = normalizer(torch.as_tensor(obs, dtype=torch.float32, device=algo.device)[None])
+            action = algo.act(x)[0].cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    algo.train()
+    return np.array(returns)
+
+
+def build(
+    cfg: OfflineConfig, dataset, device
+) -> tuple[OfflineAlgorithm, Normalizer, TransitionBuffer, float]:
+    """The algorithm, the state normaliser and the (normalised) transitions on `device`, and the
+    reward scale applied to them."""
+    if cfg.algo not in ALGORITHMS:
+        raise ValueError(f"--algo must be one of {sorted(ALGORITHMS)}, got {cfg.algo!r}")
+    algo_cfg = getattr(cfg, cfg.algo)
+    if hasattr(algo_cfg, "max_steps"):  # IQL's cosine actor schedule spans the whole run
+        algo_cfg.max_steps = cfg.steps
+    obs_space = dataset.observation_space
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(
+            f"dataset {dataset.dataset_id!r}: the offline suite needs flat vector observations, "
+            f"got {obs_space}"
+        )
+    max_action = max_action_of(dataset.action_space, f"dataset {dataset.dataset_id!r}")
+    t = dataset.transitions()
+    obs_dim, action_dim = t["observations"].shape[1], t["actions"].shape[1]
+    if algo_cfg.normalize_states:
+        normalizer = Normalizer.fit(t["observations"])
+    else:
+        normalizer = Normalizer.identity(obs_dim)
+    scale = reward_scale(dataset) if algo_cfg.normalize_reward else 1.0
+    t = dict(t, rewards=t["rewards"] * np.float32(scale))
+    for k in ("observations", "next_observations"):
+        t[k] = ((t[k] - normalizer.mean.numpy()) / normalizer.std.numpy()).astype(np.float32)
+    buffer = TransitionBuffer.from_transitions(t, device)
+    algo = ALGORITHMS[cfg.algo](obs_dim, action_dim, algo_cfg, max_action).to(device)
+    return algo, normalizer.to(device), buffer, scale
+
+
+def train_offline(cfg: OfflineConfig, resume: bool = False) -> dict:
+    """Train `cfg.algo` on `cfg.dataset` for `cfg.steps` gradient steps; with `resume`, continue
+    the run in `cfg.logdir` from its checkpoint. Returns a summary dict."""
+    import envs
+    from infra import (
+        Logger,
+        load_checkpoint,
+        prepare_run_dir,
+        progress,
+        resolve_device,
+        rng_state,
+        save_checkpoint,
+        save_config,
+        seed_everything,
+        set_rng_state,
+    )
+
+    if not cfg.dataset:
+        raise ValueError("--dataset is required: a Minari dataset id or path")
+    run_dir = prepare_run_dir(cfg.logdir, resume)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    dataset = envs.load_dataset(cfg.dataset)
+    env = eval_env_for(cfg, dataset)
+    algo, normalizer, buffer, scale = build(cfg, dataset, device)
+    has_ref = dataset.ref_min_score is not None and dataset.ref_max_score is not None
+    meta = {"job": "offline", "algo": cfg.algo, "dataset": dataset.dataset_id}
+    ckpt_path = run_dir / "checkpoint.pt"
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    step, best, wall0 = 0, None, 0.0
+    if resume:
+        state = load_checkpoint(ckpt_path, expect_meta=meta, map_location=device)
+        algo.load_state(state["algo"])
+        gen.set_state(state["sampler"].cpu())  # a generator state is a CPU tensor
+        set_rng_state(state["rng"])
+        step, best = int(state["step"]), state["best_normalized_score"]
+        wall0 = float(state.get("wall_s", 0.0))
+    start = time.perf_counter()
+
+    def wall() -> float:
+        """Seconds of this run so far, over all its resumes."""
+        return wall0 + time.perf_counter() - start
+
+    save_config(cfg, run_dir)
+
+    def checkpoint() -> None:
+        state = {
+            "algo": algo.save_state(),
+            "normalizer": normalizer.state_dict(),
+            "reward_scale": scale,
+            "step": step,
+            "sampler": gen.get_state(),
+            "rng": rng_state(),
+            "best_normalized_score": best,
+            "wall_s": wall(),
+        }
+        save_checkpoint(ckpt_path, state, meta=meta)
+
+    logger = Logger(run_dir, resume_step=step if resume else None)
+    bs = getattr(cfg, cfg.algo).batch_size
+    sums: dict[str, float] = {}
+    count, t0, last = 0, time.perf_counter(), {}
+    bar = progress(cfg.steps, initial=step, desc=cfg.algo, unit="update")
+    try:
+        while step < cfg.steps:
+            metrics = algo.update(buffer.sample(bs, gen))
+            step += 1
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            bar.update(1)
+            row = {}
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                bad = {k: v for k, v in sums.items() if not math.isfinite(v)}
+                if bad:
+                    raise FloatingPointError(
+                        f"{cfg.algo} in {run_dir}: non-finite {bad} by update {step}; resume "
+                        "from the last checkpoint with lower learning rates"
+                    )
+                row = {f"train/{k}": v / count for k, v in sums.items()}
+                row["train/updates_per_s"] = count / (time.perf_counter() - t0)
+                sums, count, t0 = {}, 0, time.perf_counter()
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                returns = evaluate(env, algo, normalizer, cfg.eval_episodes, cfg.seed + 10_000)
+                row["eval/return"] = float(returns.mean())
+                row["eval/return_std"] = float(returns.std())
+                if has_ref:
+                    score = float(dataset.normalized_score(returns).mean())
+                    row["eval/normalized_score"] = score
+                    best = score if best is None else max(best, score)
+                row["time/wall_s"] = wall()
+                bar.set_postfix(ret=f"{returns.mean():.1f}")
+                t0 = time.perf_counter()  # evaluation time is not update time
+            if row:
+                logger.log(step, row)
+                last.update(row)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                checkpoint()
+    finally:
+        bar.close()
+        logger.close()
+        env.close()
+    return {
+        "algo": cfg.algo,
+        "dataset": dataset.dataset_id,
+        "steps": step,
+        "eval_return": last.get("eval/return"),
+        "normalized_score": last.get("eval/normalized_score"),
+        "best_normalized_score": best,
+        "wall_s": round(wall(), 1),
+        "run_dir": str(Path(run_dir)),
+    }

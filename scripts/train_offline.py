@@ -1,0 +1,28 @@
+"""Train one algorithm of the model-free offline suite on a Minari dataset.
+
+    python scripts/train_offline.py --algo td3bc --dataset wmrl/hopper-medium-v0 --logdir runs/td3bc
+    python scripts/train_offline.py --algo iql --dataset wmrl/hopper-medium-v0 --preset smoke \\
+        --logdir runs/iql-smoke
+    python scripts/train_offline.py --algo cql --dataset PATH --cql.cql_alpha 5 --steps 300000 \\
+        --logdir runs/cql --seed 1
+    python scripts/train_offline.py --logdir runs/td3bc --resume --steps 2000000
+
+Algorithms: bc, td3bc, cql, iql, awac, rebrac, sacn, edac; each one's settings are flags under
+its name (--iql.beta, --rebrac.actor_bc_coef, --sacn.num_critics ...) with CORL's defaults.
+The run directory gets config.json, checkpoint.pt, metrics.jsonl (step = gradient steps;
+eval/return, eval/normalized_score) and TensorBoard events.
+"""
+
+from infra import parse_config
+from offline.train import PRESETS, OfflineConfig, train_offline
+
+
+def main(argv=None):
+    cfg, resume = parse_config(OfflineConfig, PRESETS, argv=argv, description=__doc__)
+    summary = train_offline(cfg, resume=resume)
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
