@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,7 @@ __all__ = [
     "floats",
     "mlp",
     "soft_update",
+    "symmetric_bound",
     "tanh_log_det",
 ]
 
@@ -100,6 +102,22 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
 
 
 # ------------------------------------------------------------------------------- data
+
+
+def symmetric_bound(space: gym.Space, what: str = "the env") -> float:
+    """The bound m of a Box action space [-m, m]^A, which a tanh-squashed actor scaled by
+    `max_action` covers; any other space is refused with the fix."""
+    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+        raise ValueError(f"{what}: the actors need a flat Box action space (A,), got {space}")
+    low, high = np.asarray(space.low, np.float64), np.asarray(space.high, np.float64)
+    finite = np.isfinite(low).all() and np.isfinite(high).all()
+    if not (finite and np.allclose(low, -high) and np.allclose(high, high[0]) and high[0] > 0):
+        raise ValueError(
+            f"{what}: the actors give max_action * tanh(u), so the action bounds must be "
+            f"[-m, m] with one m in every dimension, got low={low} high={high}; rescale them "
+            "(envs.make rescales bounded actions to [-1, 1]; or gymnasium.wrappers.RescaleAction)"
+        )
+    return float(high[0])
 
 
 class Normalizer(nn.Module):

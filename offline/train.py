@@ -27,7 +27,7 @@ import torch
 
 from offline.awac import AWAC, AWACConfig
 from offline.bc import BC, BCConfig
-from offline.common import Normalizer, OfflineAlgorithm, TransitionBuffer
+from offline.common import Normalizer, OfflineAlgorithm, TransitionBuffer, symmetric_bound
 from offline.cql import CQL, CQLConfig
 from offline.edac import EDAC, EDACConfig
 from offline.iql import IQL, IQLConfig
@@ -97,19 +97,6 @@ def reward_scale(dataset) -> float:
     return 1000.0 / spread
 
 
-def max_action_of(space: gym.Space, what: str) -> float:
-    """The bound of a symmetric Box action space [-m, m]^A (the suite's actors are tanh-scaled)."""
-    if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
-        raise ValueError(f"{what}: the offline suite needs a flat Box action space, got {space}")
-    high, low = np.asarray(space.high, np.float64), np.asarray(space.low, np.float64)
-    if not (np.allclose(low, -high) and np.allclose(high, high[0]) and np.isfinite(high).all()):
-        raise ValueError(
-            f"{what}: action bounds must be [-m, m] in every dimension, got low={low} "
-            f"high={high}; rescale the env's actions (gymnasium.wrappers.RescaleAction)"
-        )
-    return float(high[0])
-
-
 def eval_env_for(cfg: OfflineConfig, dataset) -> gym.Env:
     if cfg.env:
         import envs
@@ -157,7 +144,7 @@ def build(
             f"dataset {dataset.dataset_id!r}: the offline suite needs flat vector observations, "
             f"got {obs_space}"
         )
-    max_action = max_action_of(dataset.action_space, f"dataset {dataset.dataset_id!r}")
+    max_action = symmetric_bound(dataset.action_space, f"dataset {dataset.dataset_id!r}")
     t = dataset.transitions()
     obs_dim, action_dim = t["observations"].shape[1], t["actions"].shape[1]
     if algo_cfg.normalize_states:

@@ -18,7 +18,6 @@ from offline.common import (
     tanh_log_det,
 )
 from offline.td3bc import TD3BC, TD3BCConfig
-from offline.train import max_action_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -121,14 +120,6 @@ def test_normalizer_uses_dataset_statistics_plus_eps():
     std0 = math.sqrt(8 / 3) + 1e-3
     out = norm(torch.tensor([[2.0, 1.0], [4.0, 2.0]]))
     torch.testing.assert_close(out, torch.tensor([[0.0, 0.0], [2.0 / std0, 1.0 / 1e-3]]))
-
-
-def test_action_bounds_must_be_symmetric():
-    import gymnasium as gym
-
-    assert max_action_of(gym.spaces.Box(-2, 2, (3,)), "x") == 2.0
-    with pytest.raises(ValueError, match=r"\[-m, m\].*RescaleAction"):
-        max_action_of(gym.spaces.Box(0, 1, (2,)), "dataset 'x'")
 
 
 def test_td3bc_target_and_actor_loss_by_hand():
