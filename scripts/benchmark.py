@@ -5,6 +5,7 @@
     python scripts/benchmark.py --only replay        # sampling 16 x 50 frames from a full replay
     python scripts/benchmark.py --only planet --device cuda   # RSSM update and CEM action time
     python scripts/benchmark.py --only dreamer   # DreamerV2 update, pixels and state
+    python scripts/benchmark.py --only offline   # gradient steps/s of each offline algorithm
     python scripts/benchmark.py --json out.json      # also write the figures as JSON
 
 Figures are medians over repeats, printed as a table; nothing here is asserted by tests.
@@ -147,14 +148,40 @@ def bench_dreamer(device: str, repeats: int) -> dict:
     return out
 
 
+def bench_offline(device: str, updates: int) -> dict:
+    """Gradient steps/s of each offline algorithm at its default (CORL) sizes and batch, on
+    Hopper's dimensions (11-dim states, 3-dim actions), random batches already on the device."""
+    import torch
+
+    from offline.train import ALGORITHMS, OfflineConfig
+
+    out = {"device": device}
+    for name, cls in ALGORITHMS.items():
+        torch.manual_seed(0)
+        cfg = getattr(OfflineConfig(), name)
+        algo = cls(11, 3, cfg).to(device)
+        B = cfg.batch_size
+        batch = {
+            "observations": torch.randn(B, 11, device=device),
+            "actions": torch.rand(B, 3, device=device) * 2 - 1,
+            "rewards": torch.randn(B, device=device),
+            "next_observations": torch.randn(B, 11, device=device),
+            "dones": torch.zeros(B, device=device),
+            "next_actions": torch.rand(B, 3, device=device) * 2 - 1,
+        }
+        ms = timed(lambda a=algo, b=batch: [a.update(b) for _ in range(updates)], device, 3)
+        out[name] = 1e3 * updates / ms
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--only",
-        default="render,replay,planet,dreamer",
-        help="comma-separated: render, replay, planet, dreamer",
+        default="render,replay,planet,dreamer,offline",
+        help="comma-separated: render, replay, planet, dreamer, offline",
     )
     parser.add_argument(
         "--render-steps", type=int, default=2000, help="steps per task, fast renderer"
@@ -170,20 +197,22 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--replay-repeats", type=int, default=200, help="timed samples")
     parser.add_argument(
-        "--device", default="cpu", help="torch device for the planet and dreamer sections"
+        "--device", default="cpu", help="torch device for the planet, dreamer and offline sections"
     )
     parser.add_argument(
         "--planet-repeats", type=int, default=3, help="timed PlaNet updates/actions"
     )
     parser.add_argument("--dreamer-repeats", type=int, default=3, help="timed DreamerV2 updates")
+    parser.add_argument(
+        "--offline-updates", type=int, default=50, help="updates per timed offline call"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    unknown = sections - {"render", "replay", "planet", "dreamer"}
+    known = ("render", "replay", "planet", "dreamer", "offline")
+    unknown = sections - set(known)
     if unknown:
-        parser.error(
-            f"unknown section(s) {sorted(unknown)}; choose from render, replay, planet, dreamer"
-        )
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(known)}")
 
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {platform.system()}"
@@ -219,6 +248,13 @@ def main(argv=None) -> dict:
             f"{r['update_16x50_pixels_ms']:.0f} ms with 64x64 pixels, "
             f"{r['update_16x50_state_ms']:.0f} ms with state vectors"
         )
+    if "offline" in sections:
+        r = bench_offline(args.device, args.offline_updates)
+        results["offline"] = r
+        print(f"\nOffline gradient steps/s on {r['device']} (CORL sizes and batches, Hopper dims)")
+        for name, v in r.items():
+            if name != "device":
+                print(f"{name:8s} {v:8.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results
