@@ -7,7 +7,7 @@ datasets, online SAC, and D4RL-style dataset generation. MOReL joins here (issue
 
 from offline.common import OfflineAlgorithm
 from offline.compare import CompareConfig, compare_offline
-from offline.make_dataset import MakeDatasetConfig, make_dataset
+from offline.make_dataset import MakeDatasetConfig  # make_dataset() lives in that module
 from offline.sac import SAC, SACConfig
 from offline.train import ALGORITHMS, OfflineConfig, train_offline
 
@@ -20,6 +20,5 @@ __all__ = [
     "OfflineConfig",
     "SACConfig",
     "compare_offline",
-    "make_dataset",
     "train_offline",
 ]

@@ -80,15 +80,9 @@ class AWAC(OfflineAlgorithm):
 
     def update(self, batch):
         critic_loss, q = self.critic_loss(batch)
-        opt = self.optimizers["critic"]
-        opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        opt.step()
+        self.step("critic", critic_loss)
         actor_loss, extra = self.actor_loss(batch)
-        opt = self.optimizers["actor"]
-        opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        opt.step()
+        self.step("actor", actor_loss)
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         self.updates += 1
         return floats(

@@ -31,10 +31,7 @@ class BC(OfflineAlgorithm):
 
     def update(self, batch):
         loss = F.mse_loss(self.actor(batch["observations"]), batch["actions"])
-        opt = self.optimizers["actor"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.step("actor", loss)
         self.updates += 1
         return floats({"actor_loss": loss})
 

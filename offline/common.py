@@ -80,6 +80,13 @@ class OfflineAlgorithm(nn.Module):
         states (B, S)."""
         raise NotImplementedError
 
+    def step(self, name: str, loss: torch.Tensor) -> None:
+        """One optimiser step of `self.optimizers[name]` on `loss`."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
     def save_state(self) -> dict:
         return {
             "nets": self.state_dict(),

@@ -253,10 +253,7 @@ class CQL(OfflineAlgorithm):
             steps.append(("alpha_prime", alpha_prime_loss))
         steps.append(("critic", critic_loss))
         for name, loss in steps:
-            opt = self.optimizers[name]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            self.step(name, loss)
         soft_update(self.critic_target, self.critic, cfg.tau)
         self.updates += 1
 

@@ -125,22 +125,16 @@ class IQL(OfflineAlgorithm):
             bc_losses = -self.actor.log_prob(obs, actions)
         return (weights * bc_losses).mean(), weights
 
-    def _step(self, name: str, loss: torch.Tensor) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     def update(self, batch):
         with torch.no_grad():
             next_v = self.value(batch["next_observations"]).squeeze(-1)
         value_loss, adv = self.value_loss(batch)
-        self._step("value", value_loss)
+        self.step("value", value_loss)
         q_loss, q = self.critic_loss(batch, next_v)
-        self._step("critic", q_loss)
+        self.step("critic", q_loss)
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         actor_loss, weights = self.actor_loss(batch, adv)
-        self._step("actor", actor_loss)
+        self.step("actor", actor_loss)
         self.actor_scheduler.step()
         self.updates += 1
         metrics = floats(

@@ -135,17 +135,11 @@ class ReBRAC(OfflineAlgorithm):
         target = self.critic_target_value(batch)
         q = self.critic(batch["observations"], batch["actions"])  # (2, B)
         critic_loss = ((q - target) ** 2).mean(1).sum(0)
-        opt = self.optimizers["critic"]
-        opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        opt.step()
+        self.step("critic", critic_loss)
         metrics = {"critic_loss": critic_loss, "q_min": q.min(0).values.mean()}
         if int(self.updates) % self.cfg.policy_freq == 0:
             actor_loss, extra = self.actor_loss(batch)
-            opt = self.optimizers["actor"]
-            opt.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            opt.step()
+            self.step("actor", actor_loss)
             soft_update(self.actor_target, self.actor, self.cfg.tau)
             soft_update(self.critic_target, self.critic, self.cfg.tau)
             metrics.update(actor_loss=actor_loss, **extra)

@@ -88,12 +88,12 @@ class SAC(OfflineAlgorithm):
         target = self.critic_target_value(batch)
         q = self.critic(batch["observations"], batch["actions"])
         critic_loss = ((q - target) ** 2).mean(1).sum()
-        self._step("critic", critic_loss)
+        self.step("critic", critic_loss)
 
         actor_loss, log_prob = self.actor_loss(batch["observations"])
-        self._step("actor", actor_loss)
+        self.step("actor", actor_loss)
         alpha_loss = self.alpha_loss(log_prob)
-        self._step("alpha", alpha_loss)
+        self.step("alpha", alpha_loss)
 
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         self.updates += 1
@@ -107,12 +107,6 @@ class SAC(OfflineAlgorithm):
                 "q": q.detach().mean(),
             }
         )
-
-    def _step(self, name: str, loss: torch.Tensor) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
     @torch.no_grad()
     def act(self, obs):

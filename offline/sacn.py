@@ -120,25 +120,19 @@ class SACN(OfflineAlgorithm):
         loss = ((q - target) ** 2).mean(1).sum()
         return loss, {"critic_loss": loss, "q": q.mean(), "q_std": q.std(0).mean()}
 
-    def _step(self, name: str, loss: torch.Tensor) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     def update(self, batch):
         obs = batch["observations"]
         alpha_loss = self.alpha_loss(obs)
-        self._step("alpha", alpha_loss)
+        self.step("alpha", alpha_loss)
         alpha = self.log_alpha.exp().detach()
 
         self.critic.requires_grad_(False)  # the actor's gradient needs none for the critics
         actor_loss, metrics = self.actor_loss(obs, alpha)
-        self._step("actor", actor_loss)
+        self.step("actor", actor_loss)
         self.critic.requires_grad_(True)
 
         critic_loss, critic_metrics = self.critic_loss(batch, alpha)
-        self._step("critic", critic_loss)
+        self.step("critic", critic_loss)
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         self.updates += 1
 
