@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.nets import mlp
+from worldmodels.nets import EnsembleLayerNorm, EnsembleLinear, mlp
 from worldmodels.rssm import metric_floats as floats  # scalar tensors -> floats, one sync
 
 __all__ = [
@@ -213,35 +213,6 @@ class TransitionBuffer:
 
 
 # ---------------------------------------------------------------------------- critics
-
-
-class EnsembleLinear(nn.Module):
-    """N independent linear layers as one batched matmul: (N, B, in) -> (N, B, out).
-
-    Each member is initialised as `nn.Linear` would be (uniform, bound 1/sqrt(in))."""
-
-    def __init__(self, in_dim: int, out_dim: int, members: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim))
-        self.bias = nn.Parameter(torch.empty(members, 1, out_dim))
-        bound = 1.0 / math.sqrt(in_dim)
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class EnsembleLayerNorm(nn.Module):
-    """LayerNorm over the last dim with each member's own scale and shift, (N, B, D)."""
-
-    def __init__(self, dim: int, members: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(members, 1, dim))
-        self.bias = nn.Parameter(torch.zeros(members, 1, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
 
 
 class EnsembleCritic(nn.Module):

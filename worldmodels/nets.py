@@ -1,6 +1,6 @@
 """Networks shared by the dynamics models: the World Models conv encoder and decoder (Ha and
-Schmidhuber 2018, as PlaNet uses them), MLP variants for vector observations, and PlaNet's pixel
-preprocessing.
+Schmidhuber 2018, as PlaNet uses them), MLP variants for vector observations, batched ensemble
+layers (members as a leading dimension), and PlaNet's pixel preprocessing.
 
 Pixels are (..., H, W, C) uint8 everywhere outside the networks; the conv nets move channels
 first themselves, so a model's `decode` returns frames in the same layout as its input.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -56,6 +57,35 @@ def mlp(
         modules += [nn.Linear(a, b), *([nn.LayerNorm(b)] if layernorm else []), act()]
     modules.append(nn.Linear(dims[-1], out_dim))
     return nn.Sequential(*modules)
+
+
+class EnsembleLinear(nn.Module):
+    """N independent linear layers as one batched matmul: (N, B, in) -> (N, B, out).
+
+    Each member is initialised as `nn.Linear` would be (uniform, bound 1/sqrt(in))."""
+
+    def __init__(self, in_dim: int, out_dim: int, members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(members, 1, out_dim))
+        bound = 1.0 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last dim with each member's own scale and shift, (N, B, D)."""
+
+    def __init__(self, dim: int, members: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(members, 1, dim))
+        self.bias = nn.Parameter(torch.zeros(members, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
 
 
 class ConvEncoder(nn.Module):
