@@ -6,6 +6,7 @@
     python scripts/benchmark.py --only planet --device cuda   # RSSM update and CEM action time
     python scripts/benchmark.py --only dreamer   # DreamerV2 update, pixels and state
     python scripts/benchmark.py --only offline   # gradient steps/s of each offline algorithm
+    python scripts/benchmark.py --only ensemble  # MOReL ensemble: training steps/s, batched vs loop
     python scripts/benchmark.py --json out.json      # also write the figures as JSON
 
 Figures are medians over repeats, printed as a table; nothing here is asserted by tests.
@@ -174,14 +175,61 @@ def bench_offline(device: str, updates: int) -> dict:
     return out
 
 
+def bench_ensemble(device: str, steps: int = 20, repeats: int = 3) -> dict:
+    """MOReL's ensemble at its default sizes (4 members, 2 x 512 ReLU, 256 rows per member) on
+    Hopper's dimensions (11-dim states, 3-dim actions): training steps/s of `fit`'s inner step
+    (each member's own rows gathered, loss, backward, Adam step), and one forward+backward of
+    the batched module against a Python loop over 4 separate `nets.mlp` members of the same
+    sizes (same inputs, same squared-error loss)."""
+    import torch
+
+    from worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
+    from worldmodels.nets import mlp
+
+    S, A, K = 11, 3, 100_000
+    torch.manual_seed(0)
+    cfg = EnsembleConfig()
+    N, B, D = cfg.members, cfg.batch_size, S + 1  # regression outputs: delta, reward
+    model = DynamicsEnsemble(S, A, cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    x = torch.randn(K, S + A, device=device)  # normalised rows, as `fit` holds them
+    y = torch.randn(K, D, device=device)
+    term = torch.zeros(K, device=device)
+
+    def train_steps():
+        for _ in range(steps):
+            idx = torch.randint(K, (N, B), device=device)  # (N, B): each member its own rows
+            model.update(optimizer, x[idx], y[idx], term[idx])
+
+    out = {"device": device, "members": N, "hidden": cfg.hidden, "batch": B}
+    out["train_steps_per_s"] = 1e3 * steps / timed(train_steps, device, repeats)
+    xb = torch.randn(N, B, S + A, device=device)
+    yb = torch.randn(N, B, D + 1, device=device)  # + the termination logit
+    members = [mlp(S + A, D + 1, cfg.hidden, cfg.layers).to(device) for _ in range(N)]
+
+    def batched():
+        for _ in range(steps):
+            mean, _, logit = model(xb)
+            ((torch.cat([mean, logit[..., None]], -1) - yb) ** 2).mean((1, 2)).sum().backward()
+
+    def loop():
+        for _ in range(steps):
+            sum(((net(xb[m]) - yb[m]) ** 2).mean() for m, net in enumerate(members)).backward()
+
+    out["batched_fwd_bwd_ms"] = timed(batched, device, repeats) / steps
+    out["loop_fwd_bwd_ms"] = timed(loop, device, repeats) / steps
+    out["batched_speedup"] = out["loop_fwd_bwd_ms"] / out["batched_fwd_bwd_ms"]
+    return out
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--only",
-        default="render,replay,planet,dreamer,offline",
-        help="comma-separated: render, replay, planet, dreamer, offline",
+        default="render,replay,planet,dreamer,offline,ensemble",
+        help="comma-separated: render, replay, planet, dreamer, offline, ensemble",
     )
     parser.add_argument(
         "--render-steps", type=int, default=2000, help="steps per task, fast renderer"
@@ -209,7 +257,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    known = ("render", "replay", "planet", "dreamer", "offline")
+    known = ("render", "replay", "planet", "dreamer", "offline", "ensemble")
     unknown = sections - set(known)
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(known)}")
@@ -255,6 +303,15 @@ def main(argv=None) -> dict:
         for name, v in r.items():
             if name != "device":
                 print(f"{name:8s} {v:8.1f}")
+    if "ensemble" in sections:
+        r = bench_ensemble(args.device)
+        results["ensemble"] = r
+        print(
+            f"\nMOReL ensemble on {r['device']} ({r['members']} x {r['hidden']} units, batch "
+            f"{r['batch']} per member): {r['train_steps_per_s']:.1f} training steps/s; "
+            f"forward+backward batched {r['batched_fwd_bwd_ms']:.1f} ms, loop over members "
+            f"{r['loop_fwd_bwd_ms']:.1f} ms ({r['batched_speedup']:.2f}x)"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

@@ -1,10 +1,13 @@
 """Dynamics models behind one protocol (`WorldModel`): see worldmodels/protocol.py."""
 
 from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig, kl_balance_loss
+from worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig, usad_threshold
 from worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
 from worldmodels.nets import (
     ConvDecoder,
     ConvEncoder,
+    EnsembleLayerNorm,
+    EnsembleLinear,
     LayerNormGRUCell,
     MLPDecoder,
     MLPEncoder,
@@ -32,3 +35,5 @@ __all__ = [
 ]
 __all__ += ["MDNRNN", "ConvVAE", "MDNRNNConfig", "VAEConfig", "WorldModels"]
 __all__ += ["CategoricalRSSM", "CategoricalRSSMConfig", "LayerNormGRUCell", "kl_balance_loss"]
+__all__ += ["DynamicsEnsemble", "EnsembleConfig", "EnsembleLayerNorm", "EnsembleLinear"]
+__all__ += ["usad_threshold"]
