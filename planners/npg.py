@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from worldmodels.rssm import metric_floats as floats  # scalar tensors -> floats, one sync
 
@@ -446,7 +446,14 @@ class NPG(nn.Module):
         gx = g.dot(x)
         alpha = torch.sqrt((cfg.step_size / (gx + 1e-10)).abs())
         with torch.no_grad():
-            vector_to_parameters(parameters_to_vector(params) + alpha * x, params)
+            # Copied into the parameters' own storage: vector_to_parameters would leave them as
+            # views into one vector, whose alignment changes BLAS's summation order (a resumed
+            # run, which loads fresh tensors, would then drift in the last digits).
+            new = parameters_to_vector(params) + alpha * x
+            offset = 0
+            for p in params:
+                p.copy_(new[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
             policy.clamp_log_std_()
             surr_after = (policy.log_prob(obs, act) * adv).mean()
             kl = policy.kl(old_mean, old_log_std, obs)

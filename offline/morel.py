@@ -1,0 +1,469 @@
+"""MOReL (Kidambi et al. 2020): offline RL by policy optimisation in a pessimistic MDP built from a
+learned dynamics ensemble.
+
+    cfg = MOReLConfig(dataset="wmrl/hopper-medium-v0", logdir="runs/morel")
+    summary = train_morel(cfg)            # or scripts/train_morel.py --dataset ...
+
+The loop follows aravindr93/mjrl (branch v2) `projects/morel/run_morel.py` with
+`configs/d4rl_hopper_medium.txt`, whose values are the defaults here:
+
+  1. fit the N members f_i of the dynamics ensemble on the dataset's transitions
+     (`worldmodels.ensemble`; here the members also learn the reward and the termination,
+     which the official code takes from hand-written env functions that Minari lacks);
+  2. USAD on the dataset's K pairs, disc(s, a) = max_(i, j) ||f_i(s, a) - f_j(s, a)||_2, and
+
+         threshold = max_k disc_k / pessimism                          (usad_rule "max")
+         threshold = (mean_k disc_k + beta std_k disc_k) / pessimism   (usad_rule "mean_std")
+
+  3. the P-MDP (`offline.pmdp`, paper eq. 4): the members' dynamics from the dataset's episode-start
+     states; a pair with disc(s, a) > threshold enters HALT, which ends the path;
+  4. bc_init: the policy's mean fitted to the dataset's actions (MSE, 5 epochs, batch 256);
+  5. `iterations` NPG updates (`planners.npg`), each on npg.update_paths * ensemble.members paths
+     of at most `horizon` steps in the P-MDP (official: 50 starts, each rolled out by all 4
+     members = 200 paths; here each of the 200 paths draws its own start and the members take
+     turns, so each member still drives 50); every `eval_every` iterations the policy's mean
+     action is scored in the real env.
+
+Conventions, and which one is the default:
+
+  * pessimism is the DIVISOR of the threshold (as the issue defines it, and as the mjrl v2
+    run_morel.py that has bc_init computes `(1 / pessimism_coef) * max(delta)`): a larger value
+    halts sooner. The default 3.0 is d4rl_hopper_medium.txt's `pessimism_coef`. The older
+    run_morel.py stored at mjrl commit 5b0ce8b multiplies (`pessimism_coef * max(delta)`): pass
+    --pessimism 1/coef to reproduce it (0.3333 for its 3.0). pessimism 0 gives an infinite
+    threshold, i.e. no HALT (the official "naive MBRL", pessimism_coef None).
+  * halt_penalty is kappa >= 0 (the official `truncate_reward` is -kappa). Default kappa = 0 and
+    halt_reward "model": the halting step keeps the model's reward r_hat(s, a) - kappa, as the
+    official code truncates a path after that step. The paper's P-MDP gives -kappa with kappa > 0:
+    --halt_reward penalty --halt_penalty KAPPA.
+  * the policy reads raw states, as mjrl's MLP (identity in_shift / in_scale); the ensemble
+    normalises its own inputs and targets internally.
+  * the ensemble fit is the official one, 25 epochs on all rows without a holdout; set
+    --ensemble.holdout_fraction 0.1 --ensemble.max_epochs 100 for holdout early stopping.
+
+Run directory: config.json, checkpoint.pt (the fitted ensemble, the threshold, the policy and
+baseline, the baseline's optimiser, the iteration and the RNG states: --resume continues the same
+run without refitting the ensemble), TensorBoard events, and two metrics files:
+
+  model/metrics.jsonl  step = ensemble epoch: model/train_loss, model/holdout_loss (with a holdout)
+  metrics.jsonl        step = NPG iteration.
+      step 0: usad/threshold (null: no HALT), usad/max_disagreement, usad/mean_disagreement,
+              model/epochs, model/train_loss, model/best_holdout, time/model_fit_s; then
+              bc/loss_before, bc/loss_after
+      each iteration: train/<NPG terms> (train/model_return: the model paths' mean undiscounted
+              return), pmdp/halt_fraction (HALT steps / model steps), pmdp/halted_paths (paths
+              that end in HALT), train/iter_s, time/wall_s; evaluations add eval/return,
+              eval/return_std and, with reference scores, eval/normalized_score (D4RL scale).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from offline.common import floats, symmetric_bound
+from offline.pmdp import PessimisticMDP
+from offline.train import eval_env_for
+from planners.npg import NPG, NPGConfig, behaviour_clone, sample_paths
+from worldmodels.ensemble import (
+    DynamicsEnsemble,
+    EnsembleConfig,
+    dataset_disagreement,
+    train_ensemble,
+    usad_threshold,
+)
+
+__all__ = ["PRESETS", "MOReLConfig", "MemberModel", "evaluate_policy", "train_morel"]
+
+
+# ------------------------------------------------------------------------------- adapter
+class MemberModel:
+    """The view of a `DynamicsEnsemble` that `PessimisticMDP` steps, each row with its own member:
+
+        predict(obs (B, S), action (B, A), member (B,) long) -> next_obs (B, S), reward (B,),
+            terminated_prob (B,), row b taken from member[b]'s prediction
+        disagreement(obs (B, S), action (B, A)) -> (B,) USAD disc(s, a)
+        members: N
+
+    All N members run in one batched pass ((N, B, .)), then row b is gathered from member[b].
+    The P-MDP asks for disc(s, a) of the very tensors it just passed to `predict`; that pass
+    already holds every member's mean next state, so their spread is reused instead of running
+    the ensemble twice per model step (only while the tensors are the same objects, unmodified).
+
+    Args:
+        ensemble: a fitted `DynamicsEnsemble`.
+        sample: draw from probabilistic members' Gaussians (PETS trajectory sampling); default:
+            whether the members are probabilistic. disc(s, a) always uses the means.
+    """
+
+    def __init__(self, ensemble: DynamicsEnsemble, sample: bool | None = None):
+        self.ensemble = ensemble
+        self.sample = ensemble.cfg.probabilistic if sample is None else bool(sample)
+        self._cache: tuple | None = None
+
+    @property
+    def members(self) -> int:
+        return self.ensemble.cfg.members
+
+    @property
+    def device(self) -> torch.device:
+        return self.ensemble.device
+
+    @torch.no_grad()
+    def predict(self, obs: torch.Tensor, action: torch.Tensor, member: torch.Tensor):
+        pred = self.ensemble.predict(obs, action, sample=self.sample)
+        rows = torch.arange(obs.shape[0], device=obs.device)
+        # _version counts in-place writes: a tensor changed since predict is not reused
+        self._cache = None if self.sample else (obs, action, obs._version, action._version, pred)
+        return {k: v[member, rows] for k, v in pred.items()}
+
+    @torch.no_grad()
+    def disagreement(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        cache, self._cache = self._cache, None
+        if (
+            cache is not None
+            and cache[0] is obs
+            and cache[1] is action
+            and cache[2] == obs._version
+            and cache[3] == action._version
+        ):
+            return DynamicsEnsemble.pairwise_max_distance(cache[4]["next_obs"])
+        return self.ensemble.disagreement(obs, action)
+
+
+# -------------------------------------------------------------------------------- config
+def _official_fit() -> EnsembleConfig:
+    """d4rl_hopper_medium.txt's fit: fit_epochs 25 on every row, no holdout."""
+    return EnsembleConfig(max_epochs=25, holdout_fraction=0.0)
+
+
+@dataclass
+class MOReLConfig:
+    """MOReL's run; defaults from mjrl `projects/morel/configs/d4rl_hopper_medium.txt`."""
+
+    algo: Literal["morel"] = "morel"  # names the run in offline.compare's table
+    dataset: str = ""  # a Minari dataset id or path (required)
+    env: str = ""  # evaluation env (envs.make id); empty: the dataset's recover_environment()
+    logdir: str = "runs/morel"
+    seed: int = 0
+    device: str = "auto"
+    iterations: int = 500  # NPG updates (num_iter)
+    pessimism: float = 3.0  # threshold = max dataset disc / pessimism (pessimism_coef); 0: no HALT
+    usad_rule: Literal["max", "mean_std"] = "max"  # max (official) or mean + beta * std of disc
+    usad_beta: float = 1.0  # beta of the mean_std rule
+    halt_penalty: float = 0.0  # kappa: HALT's reward is -kappa (truncate_reward = -kappa = 0)
+    halt_reward: Literal["model", "penalty"] = "model"  # model: r_hat - kappa (official); penalty
+    horizon: int = 700  # H, model path length (horizon)
+    termination: Literal["threshold", "sample"] = "threshold"  # learned P(term) > 0.5, or sampled
+    member_sampling: Literal["episode", "step"] = "episode"  # one member per path (official)
+    bc_init: bool = True  # behaviour-clone the dataset before NPG (npg.bc_* settings)
+    eval_every: int = 1  # iterations between real-env evaluations (official: every iteration)
+    eval_episodes: int = 4  # eval_rollouts, with the policy's mean action
+    checkpoint_every: int = 25  # save_freq
+    ensemble: EnsembleConfig = field(default_factory=_official_fit)
+    npg: NPGConfig = field(default_factory=NPGConfig)
+
+    def __post_init__(self):
+        for name in ("iterations", "horizon", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_episodes < 0 or self.npg.update_paths < 1:
+            raise ValueError(
+                f"need eval_episodes >= 0 and npg.update_paths >= 1, got {self.eval_episodes}, "
+                f"{self.npg.update_paths}"
+            )
+        if not self.pessimism >= 0 or self.halt_penalty < 0:
+            raise ValueError(
+                f"need pessimism >= 0 (0: no HALT) and halt_penalty (kappa) >= 0, got "
+                f"{self.pessimism}, {self.halt_penalty}"
+            )
+
+
+def _smoke() -> dict:
+    return {
+        "iterations": 4,
+        "eval_every": 2,
+        "eval_episodes": 1,
+        "checkpoint_every": 2,
+        "horizon": 50,
+        "ensemble.hidden": 32,
+        "ensemble.max_epochs": 50,
+        "ensemble.holdout_fraction": 0.1,
+        "npg.hidden": (32, 32),
+        "npg.baseline_hidden": (32, 32),
+        "npg.update_paths": 4,  # x 4 members = 16 paths per update
+        "npg.cg_iters": 10,
+    }
+
+
+# "smoke": a few seconds on one CPU thread on a small dataset.
+PRESETS = {"default": {}, "smoke": _smoke()}
+
+
+# ----------------------------------------------------------------------------------- run
+def check_dataset(dataset) -> None:
+    """Refuse what MOReL cannot use, naming the fix: non-flat or non-Box spaces, and action
+    bounds that are not [-m, m] (the suite's common requirement, `symmetric_bound`)."""
+    obs_space = dataset.observation_space
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(
+            f"dataset {dataset.dataset_id!r}: MOReL's ensemble and policy need flat vector "
+            f"observations (a Box (S,)), got {obs_space}"
+        )
+    symmetric_bound(dataset.action_space, f"dataset {dataset.dataset_id!r}")
+
+
+def start_states(dataset) -> np.ndarray:
+    """(num_episodes, S) float32: the first observation of every episode (the official
+    `init_states_buffer`), where P-MDP paths start."""
+    return np.stack([ep["observations"][0] for ep in dataset.episodes]).astype(np.float32)
+
+
+@torch.no_grad()
+def evaluate_policy(env: gym.Env, policy, episodes: int, seed: int) -> np.ndarray:
+    """Undiscounted returns (episodes,) of the policy's mean action mu(s), clipped to the action
+    space as the P-MDP clips, on raw states; one reset seed per episode (seed, seed + 1, ...)."""
+    low, high = env.action_space.low, env.action_space.high
+    device = next(policy.parameters()).device
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            x = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+            action = np.clip(policy.mode(x)[0].cpu().numpy(), low, high)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return np.array(returns)
+
+
+def threshold_from(disc: torch.Tensor, cfg: MOReLConfig) -> float | None:
+    """USAD threshold = statistic(disc) / pessimism, or None (no HALT) for pessimism 0.
+    `usad_threshold` multiplies (the stored official script), so it gets 1 / pessimism."""
+    if cfg.pessimism == 0:
+        return None
+    return usad_threshold(disc, 1.0 / cfg.pessimism, cfg.usad_rule, cfg.usad_beta)
+
+
+def _iteration_seed(seed: int, iteration: int) -> int:
+    return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0])
+
+
+def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
+    """Fit the ensemble on `cfg.dataset`, then run `cfg.iterations` NPG updates in the P-MDP;
+    with `resume`, continue the run in `cfg.logdir` from its checkpoint (the ensemble is loaded,
+    not refitted). Returns a summary dict."""
+    import envs
+    from infra import (
+        CHECKPOINT_FILE,
+        CheckpointError,
+        Logger,
+        load_checkpoint,
+        prepare_run_dir,
+        progress,
+        resolve_device,
+        rng_state,
+        save_checkpoint,
+        save_config,
+        seed_everything,
+        set_rng_state,
+    )
+
+    if not cfg.dataset:
+        raise ValueError(
+            "--dataset is required: a Minari dataset id or path (e.g. wmrl/hopper-medium-v0)"
+        )
+    run_dir = prepare_run_dir(cfg.logdir, resume)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    dataset = envs.load_dataset(cfg.dataset)
+    check_dataset(dataset)
+    env = eval_env_for(cfg, dataset)
+    t = dataset.transitions()
+    S, A = t["observations"].shape[1], t["actions"].shape[1]
+    has_ref = dataset.ref_min_score is not None and dataset.ref_max_score is not None
+    meta = {"job": "morel", "dataset": dataset.dataset_id, "obs_dim": S, "action_dim": A}
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    save_config(cfg, run_dir)
+
+    npg = NPG(S, A, cfg.npg).to(device)
+    iteration, best, wall0 = 0, None, 0.0
+    if resume:
+        state = load_checkpoint(ckpt_path, expect_meta=meta, map_location=device)
+        ensemble = DynamicsEnsemble(S, A, cfg.ensemble).to(device)
+        try:
+            ensemble.load_state_dict(state["ensemble"])
+            npg.load_state_dict(state["npg"])
+            npg.baseline.optimizer.load_state_dict(state["baseline_optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint {ckpt_path} does not fit this config's ensemble or policy "
+                f"({str(exc).splitlines()[0]}); resume without changing --ensemble.* or "
+                "--npg.* sizes"
+            ) from exc
+        set_rng_state(state["rng"])
+        usad, iteration = state["usad"], int(state["iteration"])
+        best, wall0 = state["best_normalized_score"], float(state["wall_s"])
+    start = time.perf_counter()
+
+    def wall() -> float:
+        """Seconds of this run so far, over all its resumes."""
+        return wall0 + time.perf_counter() - start
+
+    def checkpoint() -> None:
+        state = {
+            "ensemble": ensemble.state_dict(),
+            "usad": usad,
+            "npg": npg.state_dict(),
+            "baseline_optimizer": npg.baseline.optimizer.state_dict(),
+            "iteration": iteration,
+            "rng": rng_state(),
+            "best_normalized_score": best,
+            "wall_s": wall(),
+        }
+        save_checkpoint(ckpt_path, state, meta=meta)
+
+    logger = Logger(run_dir, resume_step=iteration if resume else None)
+    try:
+        if not resume:
+            ensemble, usad = fit_model(cfg, t, device, run_dir, logger, progress)
+            if cfg.bc_init:
+                obs = torch.as_tensor(t["observations"], dtype=torch.float32, device=device)
+                act = torch.as_tensor(t["actions"], dtype=torch.float32, device=device)
+                bc = behaviour_clone(
+                    npg.policy, obs, act, cfg.npg.bc_epochs, cfg.npg.bc_batch, cfg.npg.bc_lr
+                )
+                logger.log(0, {f"bc/{k.removeprefix('bc_')}": v for k, v in bc.items()})
+            checkpoint()  # an interrupted run resumes here, without refitting the ensemble
+        ensemble.eval()
+        threshold = usad["threshold"]
+        pmdp = PessimisticMDP(
+            MemberModel(ensemble),
+            start_states(dataset),
+            threshold,
+            dataset.action_space,
+            halt_penalty=cfg.halt_penalty,
+            horizon=cfg.horizon,
+            num_envs=cfg.npg.update_paths * cfg.ensemble.members,
+            termination=cfg.termination,
+            member_sampling=cfg.member_sampling,
+            halt_reward=cfg.halt_reward,
+            device=device,
+        )
+        last: dict = {}
+        bar = progress(cfg.iterations, initial=iteration, desc="morel", unit="iter")
+        try:
+            while iteration < cfg.iterations:
+                t0 = time.perf_counter()
+                # Seeded by (seed, iteration) (sample_paths' own reset continues this stream),
+                # so a resumed run draws the starts the uninterrupted one drew.
+                pmdp.reset(seed=_iteration_seed(cfg.seed, iteration))
+                paths = sample_paths(pmdp, npg.policy)
+                metrics = npg.update(paths)
+                iteration += 1
+                mask, halted = paths["mask"], paths["halted"]
+                pm = floats(
+                    {
+                        "halt_fraction": halted.sum() / mask.sum().clamp(min=1),
+                        "halted_paths": halted.any(1).float().mean(),
+                    }
+                )
+                bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+                if bad:
+                    raise FloatingPointError(
+                        f"MOReL in {run_dir}: non-finite NPG terms {bad} at iteration "
+                        f"{iteration}; resume from the last checkpoint with a smaller "
+                        "--npg.step_size"
+                    )
+                row = {f"train/{'model_return' if k == 'return' else k}": v
+                       for k, v in metrics.items()}  # fmt: skip
+                row.update({f"pmdp/{k}": v for k, v in pm.items()})
+                row["train/iter_s"] = time.perf_counter() - t0
+                if iteration % cfg.eval_every == 0 or iteration == cfg.iterations:
+                    if cfg.eval_episodes > 0:
+                        returns = evaluate_policy(
+                            env, npg.policy, cfg.eval_episodes, cfg.seed + 10_000
+                        )
+                        row["eval/return"] = float(returns.mean())
+                        row["eval/return_std"] = float(returns.std())
+                        if has_ref:
+                            score = float(dataset.normalized_score(returns).mean())
+                            row["eval/normalized_score"] = score
+                            best = score if best is None else max(best, score)
+                        bar.set_postfix(
+                            ret=f"{returns.mean():.1f}", halt=f"{pm['halt_fraction']:.2f}"
+                        )
+                row["time/wall_s"] = wall()
+                logger.log(iteration, row)
+                last.update(row)
+                bar.update(1)
+                if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
+                    checkpoint()
+        finally:
+            bar.close()
+    finally:
+        logger.close()
+        env.close()
+    return {
+        "algo": "morel",
+        "dataset": dataset.dataset_id,
+        "iterations": iteration,
+        "threshold": usad.get("threshold"),
+        "model_return": last.get("train/model_return"),
+        "halt_fraction": last.get("pmdp/halt_fraction"),
+        "eval_return": last.get("eval/return"),
+        "normalized_score": last.get("eval/normalized_score"),
+        "best_normalized_score": best,
+        "wall_s": round(wall(), 1),
+        "run_dir": str(Path(run_dir)),
+    }
+
+
+def fit_model(cfg: MOReLConfig, t: dict, device, run_dir, logger, progress):
+    """Fit the ensemble on flat transitions `t` (steps 1-2 of the module docstring), logging its
+    epochs to run_dir/model/metrics.jsonl and the USAD statistics to `logger` at step 0.
+
+    Returns:
+        (ensemble in eval mode, usad): usad = {"threshold": float or None (no HALT), "max",
+        "mean", "std": statistics of the dataset's disc(s, a)}.
+    """
+    from infra import Logger
+
+    t0 = time.perf_counter()
+    bar = progress(cfg.ensemble.max_epochs, desc="ensemble", unit="epoch")
+    model_dir = Path(run_dir) / "model"
+    model_dir.mkdir(exist_ok=True)
+    with Logger(model_dir) as model_log:
+
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            model_log.log(epoch, {f"model/{k}": v for k, v in metrics.items()})
+            bar.update(1)
+
+        ensemble, history = train_ensemble(
+            t, cfg.ensemble, seed=cfg.seed, device=device, callback=log_epoch
+        )
+    bar.close()
+    disc = dataset_disagreement(ensemble, t["observations"], t["actions"])
+    threshold = threshold_from(disc, cfg)
+    stats = floats({"max": disc.max(), "mean": disc.mean(), "std": disc.std(correction=0)})
+    row = {
+        "usad/threshold": math.inf if threshold is None else threshold,
+        "usad/max_disagreement": stats["max"],
+        "usad/mean_disagreement": stats["mean"],
+        "model/epochs": history["epochs"],
+        "model/train_loss": history["train_loss"][-1] if history["train_loss"] else math.nan,
+        "time/model_fit_s": time.perf_counter() - t0,
+    }
+    if history["best_holdout"] is not None:
+        row["model/best_holdout"] = float(np.mean(history["best_holdout"]))
+    logger.log(0, row)
+    return ensemble, {"threshold": threshold, **stats}

@@ -1,0 +1,31 @@
+"""Train MOReL (Kidambi et al. 2020) on a Minari dataset: fit the dynamics ensemble, build the
+pessimistic MDP with its USAD threshold, and optimise a policy in it with NPG.
+
+    python scripts/train_morel.py --dataset wmrl/hopper-medium-v0 --logdir runs/morel
+    python scripts/train_morel.py --dataset wmrl-smoke/hopper-medium-replay-v0 --preset smoke \\
+        --logdir runs/morel-smoke
+    python scripts/train_morel.py --dataset PATH --pessimism 2 --halt_reward penalty \\
+        --halt_penalty 100 --ensemble.hidden 256 --npg.update_paths 25 --logdir runs/morel-k100
+    python scripts/train_morel.py --logdir runs/morel --resume --iterations 1000
+
+Defaults are mjrl's configs/d4rl_hopper_medium.txt: 4 members of (512, 512) fitted 25 epochs,
+threshold = max dataset disagreement / pessimism (3.0), HALT reward kappa = 0, horizon 700,
+200 model paths (50 x 4 members) per NPG update, 500 iterations, BC initialisation.
+The run directory gets config.json, checkpoint.pt, metrics.jsonl (step = NPG iterations;
+usad/threshold at step 0; train/, pmdp/halt_fraction, eval/return, eval/normalized_score),
+model/metrics.jsonl (step = ensemble epochs) and TensorBoard events.
+"""
+
+from infra import parse_config
+from offline.morel import PRESETS, MOReLConfig, train_morel
+
+
+def main(argv=None):
+    cfg, resume = parse_config(MOReLConfig, PRESETS, argv=argv, description=__doc__)
+    summary = train_morel(cfg, resume=resume)
+    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
