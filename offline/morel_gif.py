@@ -15,6 +15,7 @@ rendering; physics is not stepped for the imagined row.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -126,3 +127,37 @@ def imagined_vs_real(
     finally:
         real.close()
         drawn.close()
+
+
+def morel_run_frames(
+    run_dir, horizon: int = 100, seed: int = 0, size: int = 96, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """`imagined_vs_real` for a saved MOReL run (scripts/train_morel.py): its ensemble, its
+    policy's mean action and its USAD threshold, from the dataset's first episode start."""
+    from infra import load_checkpoint, load_config
+    from offline.morel import MOReLConfig
+    from planners.npg import NPG
+    from worldmodels.ensemble import DynamicsEnsemble
+
+    cfg = load_config(MOReLConfig, run_dir)
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
+    dataset = envs.load_dataset(cfg.dataset)
+    if dataset.env_spec is None and not cfg.env:
+        raise ValueError(f"dataset {cfg.dataset!r} stores no env to render in; rerun with --env")
+    env_id = dataset.env_spec.id if dataset.env_spec is not None else cfg.env.removeprefix("gym:")
+    S = dataset.observation_space.shape[0]
+    A = dataset.action_space.shape[0]
+    model = DynamicsEnsemble(S, A, cfg.ensemble).to(device)
+    model.load_state_dict(state["ensemble"])
+    npg = NPG(S, A, cfg.npg).to(device)
+    npg.load_state_dict(state["npg"])
+    model.eval()
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+        return npg.act(x)[0].cpu().numpy()
+
+    start = dataset.episodes[0]["observations"][0]
+    return imagined_vs_real(
+        env_id, model, policy, start, horizon, state["usad"]["threshold"], size=size, seed=seed
+    )

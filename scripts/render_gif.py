@@ -7,7 +7,9 @@ prediction from the real actions, beside the truth (rows: truth / model / |error
 
 The real episode is one of the run's saved episodes (`--source replay`, the newest by default)
 or a new one played in the run's env with uniform random actions (`--source env`). Any run whose
-job is registered in `planners.runs.RUN_LOADERS` works.
+job is registered in `planners.runs.RUN_LOADERS` works. For a MOReL run (scripts/train_morel.py)
+the GIF shows the real rollout of its policy beside the ensemble's imagined one from the same
+start, drawn through MuJoCo, with a red border after HALT (`--horizon` steps).
 """
 
 from __future__ import annotations
@@ -64,12 +66,22 @@ def random_episode(env_id: str, env_options: dict, seed: int, steps: int) -> dic
 
 def main(argv=None) -> Path:
     from envs.replay import read_episode
-    from planners.runs import episode_rows, load_run
+    from planners.runs import episode_rows, load_run, run_job
 
     args = parse_args(argv)
     out = Path(args.out)
     if out.suffix.lower() != ".gif":
         sys.exit(f"--out {out}: the file must end in .gif")
+    if run_job(args.run) == "morel":  # states, not frames: rendered through MuJoCo
+        from offline.morel_gif import morel_run_frames
+
+        frames, halted = morel_run_frames(
+            args.run, args.horizon, args.seed, device=str(resolve_device(args.device))
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, encode_gif(frames, args.fps))
+        print(f"wrote {out}: {len(frames)} frames (real | imagined), {halted.sum()} after HALT")
+        return out
     run = load_run(args.run, resolve_device(args.device))
     frames_needed = args.context + args.horizon
     if args.source == "replay":

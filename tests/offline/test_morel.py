@@ -11,7 +11,6 @@ import minari
 import numpy as np
 import pytest
 import torch
-from minari.data_collector import EpisodeBuffer
 
 from envs.datasets import OfflineDataset
 from infra import load_checkpoint
@@ -24,7 +23,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),  # Minari's notes on unset metadata
 ]
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_morel.py"
-REF_MIN, REF_MAX = -1500.0, -150.0
+REF_MIN, REF_MAX = -1500.0, -150.0  # the Pendulum dataset of conftest.py
 TIME_KEYS = ("train/iter_s", "time/wall_s", "time/model_fit_s")
 
 
@@ -33,33 +32,6 @@ def main(argv):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main(argv)
-
-
-@pytest.fixture
-def dataset_id(tmp_path, monkeypatch):
-    """Six random Pendulum-v1 episodes of 50 steps (actions in [-2, 2]), written with
-    minari.create_dataset_from_buffers, with reference scores."""
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
-    env = gym.make("Pendulum-v1", max_episode_steps=50)
-    rng = np.random.default_rng(0)
-    buffers = []
-    for i in range(6):
-        obs, _ = env.reset(seed=i)
-        rows = {"observations": [obs], "actions": [], "rewards": [], "terminations": [],
-                "truncations": []}  # fmt: skip
-        done = False
-        while not done:
-            a = rng.uniform(-2, 2, 1).astype(np.float32)
-            obs, r, term, trunc, _ = env.step(a)
-            for k, v in zip(list(rows)[1:], (a, r, term, trunc), strict=True):
-                rows[k].append(v)
-            rows["observations"].append(obs)
-            done = term or trunc
-        buffers.append(EpisodeBuffer(**{k: np.array(v) for k, v in rows.items()}))
-    minari.create_dataset_from_buffers(
-        "test/pendulum-random-v0", buffers, env=env, ref_min_score=REF_MIN, ref_max_score=REF_MAX
-    )
-    return "test/pendulum-random-v0"
 
 
 def smoke_args(dataset_id, logdir, iterations=4):

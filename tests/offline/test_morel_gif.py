@@ -62,3 +62,27 @@ def test_imagined_row_beside_the_real_one_with_halt_marked():
     assert (border[halted] == HALT_COLOR).all() and not (border[~halted] == HALT_COLOR).all(1).any()
     # Member 0 replays the real dynamics, so unmarked imagined frames equal the real ones.
     np.testing.assert_array_equal(left[:5], right[:5])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # Minari's notes on unset metadata
+def test_render_gif_draws_a_saved_morel_run(minari_dataset, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    import imageio.v3 as iio
+
+    def script(name):
+        path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main
+
+    dataset = minari_dataset("Hopper-v5", episodes=4, max_steps=40)
+    run = tmp_path / "morel"
+    script("train_morel")(["--dataset", dataset, "--preset", "smoke", "--iterations", "1",
+                           "--logdir", str(run)])  # fmt: skip
+    out = script("render_gif")(["--run", str(run), "--out", str(tmp_path / "m.gif"),
+                                "--horizon", "6"])  # fmt: skip
+    frames = iio.imread(out)
+    assert frames.shape[1:] == (96, 192, 3) and 2 <= len(frames) <= 7

@@ -4,11 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
-import minari
 import numpy as np
 import pytest
 import torch
-from minari.data_collector import EpisodeBuffer
 
 from offline.compare import CompareConfig, compare_offline
 from offline.train import ALGORITHMS, OfflineConfig, build, train_offline
@@ -18,7 +16,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning"),  # Minari's notes on unset metadata
 ]
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-REF_MIN, REF_MAX = -1500.0, -150.0
+REF_MIN, REF_MAX = -1500.0, -150.0  # the Pendulum dataset of conftest.py
 
 
 def script(name):
@@ -26,35 +24,6 @@ def script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def dataset_id(tmp_path, monkeypatch):
-    """Six random Pendulum-v1 episodes of 50 steps (actions in [-2, 2]), written with
-    minari.create_dataset_from_buffers, with reference scores."""
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "datasets"))
-    import gymnasium as gym
-
-    env = gym.make("Pendulum-v1", max_episode_steps=50)
-    rng = np.random.default_rng(0)
-    buffers = []
-    for i in range(6):
-        obs, _ = env.reset(seed=i)
-        rows = {"observations": [obs], "actions": [], "rewards": [], "terminations": [],
-                "truncations": []}  # fmt: skip
-        done = False
-        while not done:
-            a = rng.uniform(-2, 2, 1).astype(np.float32)
-            obs, r, term, trunc, _ = env.step(a)
-            for k, v in zip(list(rows)[1:], (a, r, term, trunc), strict=True):
-                rows[k].append(v)
-            rows["observations"].append(obs)
-            done = term or trunc
-        buffers.append(EpisodeBuffer(**{k: np.array(v) for k, v in rows.items()}))
-    minari.create_dataset_from_buffers(
-        "test/pendulum-random-v0", buffers, env=env, ref_min_score=REF_MIN, ref_max_score=REF_MAX
-    )
-    return "test/pendulum-random-v0"
 
 
 def smoke_args(algo, dataset_id, logdir, steps=30, eval_every=15):
