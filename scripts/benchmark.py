@@ -7,6 +7,7 @@
     python scripts/benchmark.py --only dreamer   # DreamerV2 update, pixels and state
     python scripts/benchmark.py --only offline   # gradient steps/s of each offline algorithm
     python scripts/benchmark.py --only ensemble  # MOReL ensemble: training steps/s, batched vs loop
+    python scripts/benchmark.py --only pmdp      # MOReL pessimistic MDP: model rollout steps/s
     python scripts/benchmark.py --json out.json      # also write the figures as JSON
 
 Figures are medians over repeats, printed as a table; nothing here is asserted by tests.
@@ -222,14 +223,39 @@ def bench_ensemble(device: str, steps: int = 20, repeats: int = 3) -> dict:
     return out
 
 
+def bench_pmdp(device: str, steps: int = 50, num_envs: int = 200) -> dict:
+    """Model steps/s of MOReL's pessimistic MDP: `num_envs` paths (MOReL's 200 per iteration)
+    stepped by the default ensemble (4 x 2 x 512) on Hopper's dimensions, with random actions;
+    the threshold is infinite, so every path keeps stepping (no HALT resets)."""
+    import gymnasium as gym
+    import torch
+
+    from offline.morel import MemberModel
+    from offline.pmdp import PessimisticMDP
+    from worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
+
+    torch.manual_seed(0)
+    ensemble = DynamicsEnsemble(11, 3, EnsembleConfig()).to(device).eval()
+    pmdp = PessimisticMDP(
+        MemberModel(ensemble), np.random.default_rng(0).normal(size=(100, 11)), float("inf"),
+        gym.spaces.Box(-1.0, 1.0, (3,), np.float32), horizon=10**6, num_envs=num_envs,
+        device=device, seed=0,
+    )  # fmt: skip
+    pmdp.reset(seed=0)
+    actions = torch.rand(num_envs, 3, device=device) * 2 - 1
+    ms = timed(lambda: [pmdp.step(actions) for _ in range(steps)], device, 3)
+    rate = 1e3 * steps * num_envs / ms
+    return {"device": device, "num_envs": num_envs, "model_steps_per_s": rate}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--only",
-        default="render,replay,planet,dreamer,offline,ensemble",
-        help="comma-separated: render, replay, planet, dreamer, offline, ensemble",
+        default="render,replay,planet,dreamer,offline,ensemble,pmdp",
+        help="comma-separated: render, replay, planet, dreamer, offline, ensemble, pmdp",
     )
     parser.add_argument(
         "--render-steps", type=int, default=2000, help="steps per task, fast renderer"
@@ -257,7 +283,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    known = ("render", "replay", "planet", "dreamer", "offline", "ensemble")
+    known = ("render", "replay", "planet", "dreamer", "offline", "ensemble", "pmdp")
     unknown = sections - set(known)
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(known)}")
@@ -311,6 +337,13 @@ def main(argv=None) -> dict:
             f"{r['batch']} per member): {r['train_steps_per_s']:.1f} training steps/s; "
             f"forward+backward batched {r['batched_fwd_bwd_ms']:.1f} ms, loop over members "
             f"{r['loop_fwd_bwd_ms']:.1f} ms ({r['batched_speedup']:.2f}x)"
+        )
+    if "pmdp" in sections:
+        r = bench_pmdp(args.device)
+        results["pmdp"] = r
+        print(
+            f"\nMOReL P-MDP on {r['device']}: {r['model_steps_per_s']:.0f} model steps/s "
+            f"({r['num_envs']} paths at once, 4 x 512 ensemble)"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
