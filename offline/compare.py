@@ -5,8 +5,10 @@
     table = compare_offline(cfg)     # runs what is missing, resumes what is unfinished
 
 Runs live in logdir/<algo>/<dataset id with / as __>/seed<k>; a finished run is read, not
-rerun. Any run directory holding config.json and metrics.jsonl with eval/ rows is tabulated,
-so runs made by hand (and MOReL's, whose config names no algo, as "morel") join the table.
+rerun, an interrupted one resumes from its last checkpoint (written at every evaluation), and
+one stopped before its first checkpoint starts over. Any run directory holding config.json
+and metrics.jsonl with eval/ rows is tabulated, so runs made by hand and MOReL's (its config's
+`algo` is "morel") join the table.
 
 Writes <out>.md and <out>.csv (per algorithm and dataset: seeds, steps, wall time, and the
 normalised score mean ± std over seeds (ddof 0), of the last evaluation and of the best one),
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,9 +74,14 @@ def run_grid(cfg: CompareConfig) -> list[Path]:
                         "algo": algo, "dataset": dataset, "seed": seed, "logdir": str(d),
                         "steps": cfg.steps, "eval_every": cfg.eval_every,
                         "eval_episodes": cfg.eval_episodes, "device": cfg.device,
+                        "checkpoint_every": cfg.eval_every,
                     },
                 )  # fmt: skip
                 resume = (d / "checkpoint.pt").exists()
+                if not resume and d.exists():
+                    # Stopped before its first checkpoint: nothing to resume, so start over.
+                    print(f"{d}: no checkpoint, restarting the run")
+                    shutil.rmtree(d)
                 if not (resume and _last_step(d) >= cfg.steps):
                     train_offline(run_cfg, resume=resume)
                 dirs.append(d)

@@ -123,3 +123,13 @@ def test_comparison_table_aggregates_seeds_and_skips_finished_runs(dataset_id, t
     before = metrics.read_text()
     compare_offline(cfg)  # finished: nothing reruns
     assert metrics.read_text() == before
+
+
+def test_comparison_restarts_a_run_stopped_before_its_first_checkpoint(dataset_id, tmp_path):
+    cfg = CompareConfig(algos="bc", datasets=dataset_id, seeds="0", steps=20, eval_every=10,
+                        eval_episodes=1, preset="smoke", logdir=str(tmp_path))  # fmt: skip
+    d = tmp_path / "bc" / "test__pendulum-random-v0" / "seed0"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")  # what a run killed in its first updates leaves
+    (table,) = compare_offline(cfg)
+    assert table["steps"] == 20 and (d / "checkpoint.pt").exists()
