@@ -68,7 +68,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from offline.common import floats, symmetric_bound
+from offline.common import episode_returns, floats, symmetric_bound
 from offline.pmdp import PessimisticMDP
 from offline.train import eval_env_for
 from planners.npg import NPG, NPGConfig, behaviour_clone, sample_paths
@@ -232,18 +232,12 @@ def evaluate_policy(env: gym.Env, policy, episodes: int, seed: int) -> np.ndarra
     space as the P-MDP clips, on raw states; one reset seed per episode (seed, seed + 1, ...)."""
     low, high = env.action_space.low, env.action_space.high
     device = next(policy.parameters()).device
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            x = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-            action = np.clip(policy.mode(x)[0].cpu().numpy(), low, high)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return np.array(returns)
+
+    def act(obs):
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+        return np.clip(policy.mode(x)[0].cpu().numpy(), low, high)
+
+    return episode_returns(env, act, episodes, seed)
 
 
 def threshold_from(disc: torch.Tensor, cfg: MOReLConfig) -> float | None:

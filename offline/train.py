@@ -27,7 +27,13 @@ import torch
 
 from offline.awac import AWAC, AWACConfig
 from offline.bc import BC, BCConfig
-from offline.common import Normalizer, OfflineAlgorithm, TransitionBuffer, symmetric_bound
+from offline.common import (
+    Normalizer,
+    OfflineAlgorithm,
+    TransitionBuffer,
+    episode_returns,
+    symmetric_bound,
+)
 from offline.cql import CQL, CQLConfig
 from offline.edac import EDAC, EDACConfig
 from offline.iql import IQL, IQLConfig
@@ -110,22 +116,16 @@ def eval_env_for(cfg: OfflineConfig, dataset) -> gym.Env:
 
 @torch.no_grad()
 def evaluate(env, algo, normalizer, episodes: int, seed: int) -> np.ndarray:
-    """Undiscounted returns (episodes,) of algo.act on normalised states, one env reset seed
-    per episode (seed, seed + 1, ...), so every evaluation sees the same starts."""
+    """Returns (episodes,) of algo.act on normalised states (`episode_returns`)."""
     algo.eval()
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            x = normalizer(torch.as_tensor(obs, dtype=torch.float32, device=algo.device)[None])
-            action = algo.act(x)[0].cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
+
+    def act(obs):
+        x = normalizer(torch.as_tensor(obs, dtype=torch.float32, device=algo.device)[None])
+        return algo.act(x)[0].cpu().numpy()
+
+    returns = episode_returns(env, act, episodes, seed)
     algo.train()
-    return np.array(returns)
+    return returns
 
 
 def build(
