@@ -202,11 +202,10 @@ class TransitionBuffer:
         values = [obs, action, reward, next_obs, done, next_action]
         values = [torch.as_tensor(np.asarray(v), dtype=torch.float32) for v in values]
         n = 1 if values[2].ndim == 0 else values[2].shape[0]
-        idx = (torch.arange(n) + self._next) % self.capacity
+        device = self.data["rewards"].device  # every key lives on one device
+        idx = ((torch.arange(n) + self._next) % self.capacity).to(device)
         for k, v in zip(self.keys, values, strict=True):
-            self.data[k][idx.to(self.data[k].device)] = v.reshape(n, *self.data[k].shape[1:]).to(
-                self.data[k].device
-            )
+            self.data[k][idx] = v.reshape(n, *self.data[k].shape[1:]).to(device)
         self._next = (self._next + n) % self.capacity
         self.size = min(self.size + n, self.capacity)
 

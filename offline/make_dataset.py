@@ -39,6 +39,10 @@ import numpy as np
 import torch
 
 from offline.common import TanhGaussianActor, TransitionBuffer, symmetric_bound
+
+# Snapshots and reference scores: returns of episode i reset with seed + i (the same starts for
+# every snapshot); a module name, so that tests can count the calls.
+from offline.common import episode_returns as evaluate
 from offline.sac import SAC, SACConfig
 
 KINDS = ("random", "medium", "medium-replay", "medium-expert", "expert")
@@ -267,21 +271,6 @@ def actor_policy(actor: TanhGaussianActor, deterministic: bool, space: gym.space
 def random_policy(space: gym.spaces.Box, seed: int):
     space.seed(seed)
     return lambda obs: space.sample()
-
-
-def evaluate(env: gym.Env, policy, episodes: int, seed: int) -> np.ndarray:
-    """Undiscounted returns (episodes,), episode i reset with seed + i (the same starts for
-    every snapshot)."""
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(policy(obs))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return np.array(returns)
 
 
 def rollout(env: gym.Env, policy, steps: int, seed: int, desc: str) -> list[dict]:
