@@ -10,7 +10,8 @@ One update from a batch of paths (`NPG.update`):
 
     A_t = GAE(gamma, lambda) with the baseline V; A <- (A - mean A) / (std A + 1e-6)
     L(theta) = mean_t log pi_theta(a_t | s_t) A_t                (the v2 `pg_surrogate`)
-    g = grad L;  F = Hessian of mean_s KL(pi_old(.|s) || pi_theta(.|s)) at theta_old (the Fisher)
+    g = grad L;  F = Hessian of mean_s KL(pi_old(.|s) || pi_theta(.|s)) at theta_old (the Fisher,
+    in closed form: `fisher_operator`)
     x = (F + damping I)^-1 g  by conjugate gradients, started at x_0 = g (as mjrl)
     alpha = sqrt(delta / (g^T x));  theta <- theta + alpha x      delta = normalized step size
 
@@ -353,22 +354,67 @@ def cg_solve(fvp, b: torch.Tensor, x0=None, iters: int = 20, residual_tol: float
     return x
 
 
+def fisher_operator(policy: GaussianMLPPolicy, obs: torch.Tensor, damping: float = 0.0):
+    """v -> (F + damping I) v, F the Fisher information of the Gaussian policy over the states
+    `obs` (B, S) at its current parameters, i.e. the Hessian of
+    mean_s KL(pi_old(.|s) || pi_theta(.|s)) at theta = theta_old. v (D,) over
+    `policy.parameters()` in order -> (D,).
+
+    For pi = N(mu_theta(s), diag(sigma)^2) the Hessian has the closed (Gauss-Newton) form
+
+        F = [ mean_s J(s)^T diag(1 / sigma^2) J(s)    0   ]      J(s) = d mu_theta(s) / d theta_net
+            [ 0                                       2 I ]      (the log_std block)
+
+    (the mixed terms carry a factor mu_old - mu_theta = 0). The forward pass is recorded once;
+    each product then pushes v forward through the tanh MLP by hand (J v: per layer
+    dz = a dW^T + db + dz_prev W^T, then dz * (1 - tanh^2)) and pulls J v / sigma^2 back with one
+    reverse pass (J^T u). That is about a third of the work of the double backpropagation
+    through the KL that mjrl runs; the result is the same Hessian (tests/planners/test_npg.py
+    checks it against torch.autograd's).
+    """
+    named = list(policy.named_parameters())
+    names = [n for n, _ in named]
+    sizes = [p.numel() for _, p in named]
+    net_params = [p for n, p in named if n != "log_std"]
+    layers = []  # (linear, its input) and (tanh, its output), in order
+    with torch.enable_grad():
+        h = (obs - policy.in_shift) / (policy.in_scale + 1e-6)
+        for module in policy.net:
+            if isinstance(module, nn.Linear):
+                layers.append((module, h.detach()))
+            h = module(h)
+            if isinstance(module, nn.Tanh):
+                layers.append((module, h.detach()))
+            elif not isinstance(module, nn.Linear):
+                raise TypeError(f"fisher_operator handles Linear and Tanh layers, not {module}")
+        mean = h * policy.out_scale + policy.out_shift
+    # d mean / d net = out_scale * J_net: one out_scale here, the other in the reverse pass
+    weight = policy.out_scale * torch.exp(-2 * policy.log_std.detach()) / obs.shape[0]
+    index = {id(p): i for i, (_, p) in enumerate(named)}
+
+    def fvp(v: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(v, sizes)
+        dz = None
+        for module, a in layers:
+            if isinstance(module, nn.Linear):
+                dw = parts[index[id(module.weight)]].view_as(module.weight)
+                out = torch.addmm(parts[index[id(module.bias)]], a, dw.T)
+                dz = out if dz is None else out.addmm_(dz, module.weight.detach().T)
+            else:
+                dz = dz * (1 - a * a)
+        pulled = iter(torch.autograd.grad(mean, net_params, dz * weight, retain_graph=True))
+        out = [2 * part if n == "log_std" else next(pulled).flatten()
+               for n, part in zip(names, parts, strict=True)]  # fmt: skip
+        return torch.cat(out) + damping * v
+
+    return fvp
+
+
 def fisher_vector_product(
-    policy: GaussianMLPPolicy,
-    obs: torch.Tensor,
-    old_mean: torch.Tensor,
-    old_log_std: torch.Tensor,
-    v: torch.Tensor,
-    damping: float = 0.0,
+    policy: GaussianMLPPolicy, obs: torch.Tensor, v: torch.Tensor, damping: float = 0.0
 ) -> torch.Tensor:
-    """(F + damping I) v, F the Hessian of `policy.kl(old_mean, old_log_std, obs)` at the current
-    parameters (the Fisher information when old_* are the current policy's), by double
-    backpropagation. v (D,) over `policy.parameters()` in order -> (D,)."""
-    params = list(policy.parameters())
-    grads = torch.autograd.grad(policy.kl(old_mean, old_log_std, obs), params, create_graph=True)
-    gv = parameters_to_vector(grads).dot(v)
-    hv = torch.autograd.grad(gv, params)
-    return parameters_to_vector(hv) + damping * v
+    """(F + damping I) v for one v; `fisher_operator` builds the operator once for many."""
+    return fisher_operator(policy, obs, damping)(v)
 
 
 class NPG(nn.Module):
@@ -431,16 +477,12 @@ class NPG(nn.Module):
         with torch.no_grad():
             old_mean, old_log_std = policy(obs), policy.log_std.detach().clone()
 
-        fisher_obs, fisher_mean = obs, old_mean
+        fisher_obs = obs
         if cfg.hvp_sample_frac < 1.0:  # mjrl's hvp_sample_frac: a subsample, with replacement
             n = obs.shape[0]
             idx = torch.randint(n, (max(1, int(cfg.hvp_sample_frac * n)),), device=obs.device)
-            fisher_obs, fisher_mean = obs[idx], old_mean[idx]
-
-        def fvp(v):
-            return fisher_vector_product(
-                policy, fisher_obs, fisher_mean, old_log_std, v, cfg.damping
-            )
+            fisher_obs = obs[idx]
+        fvp = fisher_operator(policy, fisher_obs, cfg.damping)
 
         x = cg_solve(fvp, g, x0=g, iters=cfg.cg_iters)
         gx = g.dot(x)
