@@ -23,6 +23,8 @@ The loop follows aravindr93/mjrl (branch v2) `projects/morel/run_morel.py` with
      members = 200 paths; here each of the 200 paths draws its own start and the members take
      turns, so each member still drives 50); every `eval_every` iterations the policy's mean
      action is scored in the real env.
+     Or, with planner "cem", no policy: CEM-MPC plans every action of `eval_episodes` real
+     episodes in the P-MDP (`plan_in_pmdp`), the planning alternative.
 
 Conventions, and which one is the default:
 
@@ -58,6 +60,7 @@ run without refitting the ensemble), TensorBoard events, and two metrics files:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -69,8 +72,9 @@ import numpy as np
 import torch
 
 from offline.common import episode_returns, floats, symmetric_bound
-from offline.pmdp import PessimisticMDP
+from offline.pmdp import PessimisticMDP, PessimisticModel
 from offline.train import eval_env_for
+from planners.cem import CEMConfig, Planner
 from planners.npg import NPG, NPGConfig, behaviour_clone, sample_paths
 from worldmodels.ensemble import (
     DynamicsEnsemble,
@@ -144,6 +148,13 @@ def _official_fit() -> EnsembleConfig:
     return EnsembleConfig(max_epochs=25, holdout_fraction=0.0)
 
 
+def _morel_cem() -> CEMConfig:
+    """CEM-MPC in the P-MDP. MOReL publishes no planner settings; these are PETS-like (a
+    longer horizon than PlaNet's 12 for dense MuJoCo rewards) and smaller than PlaNet's
+    1000 x 10 so that one action costs 500 * 5 * 25 = 62.5k model steps."""
+    return CEMConfig(horizon=25, iterations=5, candidates=500, top_k=50)
+
+
 @dataclass
 class MOReLConfig:
     """MOReL's run; defaults from mjrl `projects/morel/configs/d4rl_hopper_medium.txt`."""
@@ -163,12 +174,14 @@ class MOReLConfig:
     horizon: int = 700  # H, model path length (horizon)
     termination: Literal["threshold", "sample"] = "threshold"  # learned P(term) > 0.5, or sampled
     member_sampling: Literal["episode", "step"] = "episode"  # one member per path (official)
+    planner: Literal["npg", "cem"] = "npg"  # npg: a policy (paper); cem: CEM-MPC in the P-MDP
     bc_init: bool = True  # behaviour-clone the dataset before NPG (npg.bc_* settings)
     eval_every: int = 1  # iterations between real-env evaluations (official: every iteration)
     eval_episodes: int = 4  # eval_rollouts, with the policy's mean action
     checkpoint_every: int = 25  # save_freq
     ensemble: EnsembleConfig = field(default_factory=_official_fit)
     npg: NPGConfig = field(default_factory=NPGConfig)
+    cem: CEMConfig = field(default_factory=_morel_cem)  # planner "cem"; bounds from the dataset
 
     def __post_init__(self):
         for name in ("iterations", "horizon", "eval_every", "checkpoint_every"):
@@ -200,6 +213,10 @@ def _smoke() -> dict:
         "npg.baseline_hidden": (32, 32),
         "npg.update_paths": 4,  # x 4 members = 16 paths per update
         "npg.cg_iters": 10,
+        "cem.horizon": 5,  # --planner cem
+        "cem.iterations": 2,
+        "cem.candidates": 32,
+        "cem.top_k": 4,
     }
 
 
@@ -290,7 +307,7 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
     save_config(cfg, run_dir)
 
     npg = NPG(S, A, cfg.npg).to(device)
-    iteration, best, wall0 = 0, None, 0.0
+    iteration, best, wall0, planned = 0, None, 0.0, []
     if resume:
         state = load_checkpoint(ckpt_path, expect_meta=meta, map_location=device)
         ensemble = DynamicsEnsemble(S, A, cfg.ensemble).to(device)
@@ -306,6 +323,7 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
             ) from exc
         set_rng_state(state["rng"])
         usad, iteration = state["usad"], int(state["iteration"])
+        planned = list(state.get("planned_returns", []))
         best, wall0 = state["best_normalized_score"], float(state["wall_s"])
     start = time.perf_counter()
 
@@ -313,7 +331,7 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
         """Seconds of this run so far, over all its resumes."""
         return wall0 + time.perf_counter() - start
 
-    def checkpoint() -> None:
+    def checkpoint(**extra) -> None:
         state = {
             "ensemble": ensemble.state_dict(),
             "usad": usad,
@@ -323,6 +341,7 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
             "rng": rng_state(),
             "best_normalized_score": best,
             "wall_s": wall(),
+            **extra,
         }
         save_checkpoint(ckpt_path, state, meta=meta)
 
@@ -330,7 +349,7 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
     try:
         if not resume:
             ensemble, usad = fit_model(cfg, t, device, run_dir, logger, progress)
-            if cfg.bc_init:
+            if cfg.bc_init and cfg.planner == "npg":
                 obs = torch.as_tensor(t["observations"], dtype=torch.float32, device=device)
                 act = torch.as_tensor(t["actions"], dtype=torch.float32, device=device)
                 bc = behaviour_clone(
@@ -340,6 +359,9 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
             checkpoint()  # an interrupted run resumes here, without refitting the ensemble
         ensemble.eval()
         threshold = usad["threshold"]
+        if cfg.planner == "cem":
+            summary = plan_in_pmdp(cfg, ensemble, usad, dataset, env, logger, planned, checkpoint)
+            return summary | {"wall_s": round(wall(), 1), "run_dir": str(Path(run_dir))}
         pmdp = PessimisticMDP(
             MemberModel(ensemble),
             start_states(dataset),
@@ -419,6 +441,62 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
         "best_normalized_score": best,
         "wall_s": round(wall(), 1),
         "run_dir": str(Path(run_dir)),
+    }
+
+
+def plan_in_pmdp(cfg, ensemble, usad, dataset, env, logger, returns, checkpoint) -> dict:
+    """MOReL's planning alternative: CEM-MPC (`planners.cem`) plans every real action in the
+    P-MDP (`offline.pmdp.PessimisticModel`: a candidate that enters HALT gets the HALT reward
+    and nothing after it) from the env's current state; `cfg.eval_episodes` real episodes,
+    continuing after the `returns` of a resumed run. metrics.jsonl gets one row per episode
+    (step = episodes so far): eval/episode_return, pmdp/halt_fraction (HALT entries / live model
+    steps over all candidates of that episode), time/episode_s; the last row adds eval/return,
+    eval/return_std and eval/normalized_score over all episodes. `checkpoint(iteration=...,
+    planned_returns=...)` saves after each episode."""
+    from infra import progress
+
+    bound = symmetric_bound(dataset.action_space, f"dataset {dataset.dataset_id!r}")
+    cem = dataclasses.replace(cfg.cem, action_low=-bound, action_high=bound)
+    model = PessimisticModel(ensemble, usad["threshold"], cfg.halt_penalty, cfg.halt_reward)
+    planner = Planner(model, dataset.action_space.shape[0], cem, device=ensemble.device)
+    returns = list(returns)
+    limit = getattr(env.spec, "max_episode_steps", None)
+    row: dict = {}
+    while len(returns) < cfg.eval_episodes:
+        t0, episode = time.perf_counter(), len(returns)
+        planner.reset()
+        model.reset_counts()
+        obs, _ = env.reset(seed=cfg.seed + 10_000 + episode)  # evaluate_policy's starts
+        total, done = 0.0, False
+        bar = progress(limit, desc=f"cem episode {episode + 1}/{cfg.eval_episodes}", unit="step")
+        while not done:
+            action = planner.act(torch.as_tensor(obs, dtype=torch.float32)).cpu().numpy()
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total, done = total + float(reward), terminated or truncated
+            bar.update(1)
+        bar.close()
+        returns.append(total)
+        row = {
+            "eval/episode_return": total,
+            "pmdp/halt_fraction": model.halt_fraction(),
+            "time/episode_s": time.perf_counter() - t0,
+        }
+        if len(returns) == cfg.eval_episodes:
+            row["eval/return"] = float(np.mean(returns))
+            row["eval/return_std"] = float(np.std(returns))
+            if dataset.ref_min_score is not None and dataset.ref_max_score is not None:
+                row["eval/normalized_score"] = float(dataset.normalized_score(returns).mean())
+        logger.log(len(returns), row)
+        checkpoint(iteration=len(returns), planned_returns=returns)
+    return {
+        "algo": "morel",
+        "planner": "cem",
+        "dataset": dataset.dataset_id,
+        "episodes": len(returns),
+        "threshold": usad.get("threshold"),
+        "halt_fraction": row.get("pmdp/halt_fraction"),
+        "eval_return": float(np.mean(returns)) if returns else None,
+        "normalized_score": row.get("eval/normalized_score"),
     }
 
 

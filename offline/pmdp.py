@@ -42,7 +42,15 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-__all__ = ["PessimisticMDP", "PessimisticMDPEnv"]
+from worldmodels.protocol import open_loop
+
+__all__ = ["PessimisticMDP", "PessimisticMDPEnv", "PessimisticModel", "halt_reward"]
+
+
+def halt_reward(reward: torch.Tensor, halt_penalty: float, mode: str) -> torch.Tensor:
+    """The reward of the step that enters HALT: -kappa ("penalty", the paper) or
+    r_hat(s, a) - kappa ("model", the official truncation)."""
+    return -halt_penalty + (reward if mode == "model" else 0.0)
 
 
 class PessimisticMDP(VectorEnv):
@@ -205,8 +213,9 @@ class PessimisticMDP(VectorEnv):
             halted = torch.zeros(N, dtype=torch.bool, device=self.device)
         else:
             halted = self.model.disagreement(s, a) > self.threshold  # USAD
-        halt_r = -self.halt_penalty + (reward if self.halt_reward == "model" else 0.0)
-        reward = torch.where(halted, halt_r, reward)
+        reward = torch.where(
+            halted, halt_reward(reward, self.halt_penalty, self.halt_reward), reward
+        )
         terminated = terminated | halted
         self._obs = torch.where(halted[:, None], s, next_obs)
         self._t = self._t + 1
@@ -262,3 +271,100 @@ class PessimisticMDPEnv(gym.Env):
             bool(truncated[0]),
             info,
         )
+
+
+class PessimisticModel:
+    """The P-MDP as a model of the shared protocol (`../shared/DESIGN.md`), so that a planner
+    (CEM-MPC, `planners.cem`) can plan in it: MOReL's planning alternative to NPG.
+
+    It wraps a `worldmodels.ensemble.DynamicsEnsemble`, whose states carry each step's USAD
+    disc(s, a), and adds "halted" (bool) to them. A step from a live state whose
+    disc(s, a) > threshold enters HALT: it gets `halt_reward` (as `PessimisticMDP`), its
+    continuation is 0 (so a planner's return counts nothing after it) and its obs stays s. Steps
+    from HALT have reward 0 and continuation 0. Without HALT the ensemble's reward and
+    continuation (1 - P(termination)) pass through.
+
+    `halt_fraction()` is HALT entries / live model steps imagined since `reset_counts()` (every
+    candidate of every CEM iteration counts); it reads the device counters (one sync).
+
+    Args:
+        ensemble: the fitted `DynamicsEnsemble` (eval mode).
+        threshold: USAD threshold; None never halts.
+        halt_penalty: kappa >= 0.
+        halt_reward: "model" (official, r_hat - kappa) or "penalty" (paper, -kappa).
+    """
+
+    def __init__(self, ensemble, threshold, halt_penalty: float = 0.0, halt_reward="model"):
+        if halt_reward not in ("model", "penalty"):
+            raise ValueError(f"halt_reward must be 'model' or 'penalty', got {halt_reward!r}")
+        self.ensemble, self.halt_penalty, self.halt_mode = (
+            ensemble,
+            float(halt_penalty),
+            halt_reward,
+        )
+        self.threshold = None if threshold is None or threshold == float("inf") else threshold
+        self.reset_counts()
+
+    def parameters(self):
+        return self.ensemble.parameters()
+
+    def reset_counts(self) -> None:
+        device = self.ensemble.device
+        self._halts = torch.zeros((), dtype=torch.long, device=device)
+        self._steps = torch.zeros((), dtype=torch.long, device=device)
+
+    def halt_fraction(self) -> float:
+        return float(self._halts / self._steps.clamp(min=1))
+
+    @staticmethod
+    def _live(state: dict) -> dict:
+        state = dict(state)
+        state["halted"] = torch.zeros_like(state["reward"], dtype=torch.bool)
+        return state
+
+    def initial(self, batch_size: int) -> dict:
+        return self._live(self.ensemble.initial(batch_size))
+
+    def observe(self, obs, action, is_first, state=None) -> dict:
+        return self._live(self.ensemble.observe(obs, action, is_first))
+
+    @torch.no_grad()
+    def img_step(self, state: dict, action: torch.Tensor) -> dict:
+        was = state["halted"]
+        inner = {k: v for k, v in state.items() if k != "halted"}
+        nxt = self.ensemble.img_step(inner, action)
+        if self.threshold is None:
+            enter = torch.zeros_like(was)
+        else:
+            enter = ~was & (nxt["disagreement"] > self.threshold)
+        halted = was | enter
+        reward = torch.where(
+            enter, halt_reward(nxt["reward"], self.halt_penalty, self.halt_mode), nxt["reward"]
+        )
+        self._halts = self._halts + enter.sum()
+        self._steps = self._steps + (~was).sum()
+        return {
+            **nxt,
+            "obs": torch.where(halted[..., None], state["obs"], nxt["obs"]),
+            "reward": reward.masked_fill(was, 0.0),
+            "terminated": torch.where(
+                halted, torch.ones_like(nxt["terminated"]), nxt["terminated"]
+            ),
+            "halted": halted,
+        }
+
+    def imagine(self, state: dict, actions: torch.Tensor) -> dict:
+        """state (B,), actions (B, H, A) -> states (B, H); states[:, h] follows actions[:, h]."""
+        return open_loop(self, state, actions)
+
+    def features(self, state: dict) -> torch.Tensor:
+        return state["obs"]
+
+    def reward(self, state: dict) -> torch.Tensor:
+        return state["reward"]
+
+    def continuation(self, state: dict) -> torch.Tensor:
+        return 1.0 - state["terminated"]
+
+    def decode(self, state: dict) -> torch.Tensor:
+        return state["obs"]

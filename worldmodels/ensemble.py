@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worldmodels.nets import EnsembleLinear
+from worldmodels.protocol import open_loop
 
 State = dict[str, torch.Tensor]
 _EPS = 1e-8  # the official code's guard on scales
@@ -592,11 +593,7 @@ class DynamicsEnsemble(nn.Module):
 
     def imagine(self, state: State, actions: torch.Tensor) -> State:
         """state (B,), actions (B, H, A) -> states (B, H); states[:, h] follows actions[:, h]."""
-        states = []
-        for h in range(actions.shape[1]):
-            state = self.img_step(state, actions[:, h])
-            states.append(state)
-        return {k: torch.stack([s[k] for s in states], 1) for k in states[0]}
+        return open_loop(self, state, actions)
 
     def features(self, state: State) -> torch.Tensor:
         """The raw observation (..., S): a policy trained in the model then acts on env

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.rssm import stack_states
+from worldmodels.protocol import open_loop
 from worldmodels.vae import ConvVAE
 
 State = dict[str, torch.Tensor]  # "z" (..., z_dim), "h" (..., hidden), "c" (..., hidden)
@@ -264,11 +264,7 @@ class WorldModels(nn.Module):
 
     def imagine(self, state: State, actions: torch.Tensor) -> State:
         """state (B,), actions (B, H, A) -> states (B, H); states[:, h] follows actions[:, h]."""
-        states = []
-        for t in range(actions.shape[1]):
-            state = self.img_step(state, actions[:, t])
-            states.append(state)
-        return stack_states(states)
+        return open_loop(self, state, actions)
 
     def features(self, state: State) -> torch.Tensor:
         """[z, h]: (..., z_dim + hidden)."""

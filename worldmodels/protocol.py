@@ -71,3 +71,18 @@ class WorldModel(Protocol):
 
         Returns (scalar loss, metrics, posterior states (B, T)).
         """
+
+
+def stack_states(states: list[State], dim: int = 1) -> State:
+    """A list of dict states (B,) -> one state (B, T)."""
+    return {k: torch.stack([s[k] for s in states], dim) for k in states[0]}
+
+
+def open_loop(model, state: State, actions: torch.Tensor) -> State:
+    """`imagine` from `img_step`, for models whose states are dicts of tensors:
+    state (B,), actions (B, H, A) -> states (B, H), where states[:, h] follows actions[:, h]."""
+    states = []
+    for h in range(actions.shape[1]):
+        state = model.img_step(state, actions[:, h])
+        states.append(state)
+    return stack_states(states)

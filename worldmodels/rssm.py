@@ -35,6 +35,7 @@ from worldmodels.nets import (
     postprocess_obs,
     preprocess_obs,
 )
+from worldmodels.protocol import open_loop, stack_states
 
 State = dict[str, torch.Tensor]
 
@@ -59,11 +60,6 @@ class RSSMConfig:
     lr: float = 1e-3
     adam_eps: float = 1e-4
     grad_clip: float = 1000.0  # global gradient norm
-
-
-def stack_states(states: list[State], dim: int = 1) -> State:
-    """A list of states (B,) -> one state (B, T)."""
-    return {k: torch.stack([s[k] for s in states], dim) for k in states[0]}
 
 
 def kl_normal(q: State, p: State) -> torch.Tensor:
@@ -109,11 +105,7 @@ class RecurrentStateSpaceModel(nn.Module):
     def imagine(self, state: State, actions: torch.Tensor) -> State:
         """Open-loop prior rollout: state (B,), actions (B, H, A) -> states (B, H), where
         states[:, h] follows actions[:, h]."""
-        states = []
-        for h in range(actions.shape[1]):
-            state = self.img_step(state, actions[:, h])
-            states.append(state)
-        return stack_states(states)
+        return open_loop(self, state, actions)
 
     def observe(self, obs, action, is_first, state: State | None = None) -> State:
         """Posterior states (B, T) for obs (B, T, *obs_shape), action (B, T, A), is_first (B, T);

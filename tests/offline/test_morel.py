@@ -134,6 +134,29 @@ def test_resumed_run_equals_an_uninterrupted_one_without_refitting(dataset_id, t
         }
 
 
+def test_cem_planner_plans_real_episodes_in_the_pmdp_and_resumes(dataset_id, tmp_path):
+    run = tmp_path / "cem"
+    args = smoke_args(dataset_id, run) + ["--planner", "cem", "--eval-episodes", "1"]
+    first = main(args)
+    assert first["planner"] == "cem" and first["episodes"] == 1
+    model_log = (run / "model" / "metrics.jsonl").read_text()
+    summary = main(["--logdir", str(run), "--resume", "--eval-episodes", "2"])
+    assert (run / "model" / "metrics.jsonl").read_text() == model_log  # no refit
+    metrics = rows(run / "metrics.jsonl")
+    assert not any(k.startswith("bc/") for r in metrics for k in r)  # no policy to clone into
+    episodes = [r for r in metrics if r["step"] > 0]
+    assert [r["step"] for r in episodes] == [1, 2]
+    assert episodes[0]["eval/episode_return"] == pytest.approx(first["eval_return"])
+    returns = [r["eval/episode_return"] for r in episodes]
+    assert -200 * 16.3 <= min(returns) and max(returns) <= 0  # 200 Pendulum steps, r in [-16.3, 0]
+    assert all(0.0 <= r["pmdp/halt_fraction"] <= 1.0 for r in episodes)
+    last = episodes[-1]
+    assert last["eval/return"] == pytest.approx(np.mean(returns))
+    expected = 100 * (np.mean(returns) - REF_MIN) / (REF_MAX - REF_MIN)
+    assert last["eval/normalized_score"] == pytest.approx(expected)
+    assert summary["normalized_score"] == pytest.approx(expected) and summary["episodes"] == 2
+
+
 def test_bad_input_is_named(dataset_id, tmp_path):
     with pytest.raises(ValueError, match="--dataset is required"):
         main(["--logdir", str(tmp_path / "a")])

@@ -12,7 +12,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
-from offline.pmdp import PessimisticMDP, PessimisticMDPEnv
+from offline.pmdp import PessimisticMDP, PessimisticMDPEnv, PessimisticModel
 from planners.npg import NPG, NPGConfig, sample_paths
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -187,3 +187,54 @@ def test_sample_paths_from_the_pmdp_feed_an_npg_update():
     m = npg.update(paths)
     assert all(math.isfinite(v) for v in m.values())
     assert m["path_length"] == pytest.approx(lengths.float().mean().item())
+
+
+class LineModel:
+    """The inner model of `PessimisticModel` (the ensemble's protocol states): S = 1, A = 1,
+    s' = s + a, reward a, never terminal, disc(s, a) = |a|."""
+
+    device = torch.device("cpu")
+
+    def parameters(self):
+        return iter([])
+
+    def observe(self, obs, action, is_first, state=None):
+        zeros = torch.zeros(obs.shape[:-1])
+        return dict(obs=obs.float(), reward=zeros, terminated=zeros.clone(),
+                    disagreement=zeros.clone(), member=zeros.long())  # fmt: skip
+
+    def img_step(self, state, action):
+        zeros = torch.zeros(action.shape[:-1])
+        return dict(obs=state["obs"] + action, reward=action[..., 0], terminated=zeros,
+                    disagreement=action[..., 0].abs(), member=state["member"])  # fmt: skip
+
+
+@pytest.mark.parametrize("mode, kappa, halt_r", [("model", 2.0, 0.9 - 2.0), ("penalty", 2.0, -2.0)])
+def test_pessimistic_model_halts_like_the_pmdp(mode, kappa, halt_r):
+    model = PessimisticModel(LineModel(), threshold=0.5, halt_penalty=kappa, halt_reward=mode)
+    start = model.observe(torch.ones(1, 1, 1), None, None)
+    start = {k: v[:, -1] for k, v in start.items()}
+    states = model.imagine(start, torch.tensor([[[0.1], [0.2], [0.9], [0.1]]]))
+    # the third action is unknown (disc 0.9 > 0.5): it enters HALT with the HALT reward, its
+    # obs stays s_2 = 1.3, and nothing after it counts
+    torch.testing.assert_close(states["reward"][0], torch.tensor([0.1, 0.2, halt_r, 0.0]))
+    torch.testing.assert_close(model.continuation(states)[0], torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    torch.testing.assert_close(states["obs"][0, :, 0], torch.tensor([1.1, 1.3, 1.3, 1.3]))
+    assert states["halted"][0].tolist() == [False, False, True, True]
+    assert model.halt_fraction() == pytest.approx(1 / 3)  # 1 entry in 3 live steps
+    never = PessimisticModel(LineModel(), threshold=None)
+    states = never.imagine(start, torch.full((1, 4, 1), 0.9))
+    assert not states["halted"].any() and never.halt_fraction() == 0.0
+
+
+def test_cem_in_the_pmdp_stays_below_the_threshold():
+    """Reward a per step, unknown above a = 0.5 with HALT reward -10: the best plan keeps every
+    action at the threshold, 0.5; without HALT CEM goes to the bound, 1."""
+    from planners.cem import CEMConfig, Planner
+
+    cfg = CEMConfig(horizon=3, iterations=8, candidates=400, top_k=40)
+    torch.manual_seed(0)
+    for threshold, best in ((0.5, 0.5), (None, 1.0)):
+        model = PessimisticModel(LineModel(), threshold, halt_penalty=10.0, halt_reward="penalty")
+        action = Planner(model, 1, cfg).act(torch.zeros(1))
+        assert action.item() == pytest.approx(best, abs=0.05)
