@@ -42,6 +42,10 @@ class Collector:
 
     The collector keeps the envs' current observations between calls, so `run` can be called
     repeatedly (e.g. one episode between training phases) without cutting episodes short.
+
+    Attributes a stateful policy reads between calls: `obs` (N, ...) the current observations,
+    `is_first` (N,) bool where obs is the first of an episode (the policy resets that env's
+    belief), `steps` transitions taken so far (auto-reset steps not counted).
     """
 
     def __init__(self, vec_env: gym.vector.VectorEnv, replay=None, seed: int | None = None):
@@ -51,6 +55,8 @@ class Collector:
         self._resetting = np.zeros(self.num_envs, bool)
         self._returns = np.zeros(self.num_envs)
         self._lengths = np.zeros(self.num_envs, int)
+        self.is_first = np.ones(self.num_envs, bool)
+        self.steps = 0
         if replay is not None:
             for i in range(self.num_envs):
                 replay.add_reset(self.obs[i], worker=i)
@@ -101,6 +107,8 @@ class Collector:
                                                  bool(terminated[i])))  # fmt: skip
             if progress is not None:
                 progress.update(int((~self._resetting).sum()))
+            self.steps += int((~self._resetting).sum())
+            self.is_first = self._resetting  # those envs just returned a first observation
             self._resetting = np.logical_or(terminated, truncated)
             self.obs = next_obs
         return finished

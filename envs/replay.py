@@ -246,6 +246,14 @@ class EpisodeReplay:
         for _, first, T in list(self._episodes):
             yield self._episode(first, T)
 
+    def last_episode(self) -> dict[str, np.ndarray] | None:
+        """The most recently committed episode (as `episodes` yields it), or None if none is
+        stored."""
+        if not self._episodes:
+            return None
+        _, first, T = self._episodes[-1]
+        return self._episode(first, T)
+
     def _episode(self, first: int, T: int) -> dict[str, np.ndarray]:
         rows = (first + np.arange(T + 1)) % self.capacity
         d, nxt = self._data, rows[1:]

@@ -39,6 +39,8 @@ class DreamerConfig:
     seed: int = 0  # seeds python, numpy, torch and the env
     device: str = "auto"  # auto, cpu, cuda or cuda:N
     steps: int = 1_000_000  # the budget in env steps (policy steps x action repeat)
+    num_envs: int = 1  # envs collecting at once, one batched policy step for all (>1: a process
+    # each); train_every still counts policy steps summed over the envs
     prefill: int = 1000  # policy steps of uniform random actions first (dmc_proprio: 5000)
     pretrain: int = 100  # updates right after the prefill
     train_every: int = 5  # policy steps between updates
@@ -90,25 +92,38 @@ PRESETS = {
 
 class DreamerPolicy:
     """Filters observations into the model's belief (with the action that led to them) and
-    acts with the actor: a sample while training, the mode when evaluating (danijar's)."""
+    acts with the actor: a sample while training, the mode when evaluating (danijar's).
 
-    def __init__(self, model: CategoricalRSSM, ac: ActorCritic, device):
+    `act(obs (N, ...), is_first (N,))` steps N envs' beliefs at once (an env whose obs is the
+    first of an episode starts a fresh belief); calling the policy with one observation steps
+    a single env, whose belief `reset()` clears.
+    """
+
+    def __init__(self, model: CategoricalRSSM, ac: ActorCritic, device, num_envs: int = 1):
         self.model, self.ac, self.device = model, ac, torch.device(device)
+        self.num_envs = num_envs
         self.reset()
 
     def reset(self) -> None:
         self.state = None
-        self.action = torch.zeros(1, self.model.action_dim, device=self.device)
-        self.is_first = torch.ones(1, dtype=torch.bool, device=self.device)
+        self.action = torch.zeros(self.num_envs, self.model.action_dim, device=self.device)
+        self._first = np.ones(self.num_envs, bool)
 
     @torch.no_grad()
-    def __call__(self, obs, sample: bool = True) -> np.ndarray:
-        obs = torch.as_tensor(obs, device=self.device)[None, None]
-        post = self.model.observe(obs, self.action[:, None], self.is_first[:, None], self.state)
+    def act(self, obs, is_first, sample: bool = True) -> np.ndarray:
+        """obs (N, *obs_shape), is_first (N,) bool -> actions (N, A) as numpy."""
+        obs = torch.as_tensor(np.asarray(obs), device=self.device)[:, None]
+        first = torch.as_tensor(np.asarray(is_first), dtype=torch.bool, device=self.device)
+        post = self.model.observe(obs, self.action[:, None], first[:, None], self.state)
         self.state = map_state(lambda x: x[:, -1], post)
         self.action = self.ac.act(self.model.features(self.state), sample=sample)
-        self.is_first = torch.zeros_like(self.is_first)
-        return self.action[0].cpu().numpy()
+        return self.action.cpu().numpy()
+
+    def __call__(self, obs, sample: bool = True) -> np.ndarray:
+        """One env's obs (*obs_shape) -> action (A,)."""
+        action = self.act(np.asarray(obs)[None], self._first, sample)
+        self._first = np.zeros_like(self._first)
+        return action[0]
 
 
 def build(cfg: DreamerConfig, device):
@@ -150,6 +165,8 @@ def make_update(model: CategoricalRSSM, ac: ActorCritic, optimizer, device):
 def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     """Train DreamerV2 as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
     checkpoint and replay) up to `cfg.steps` env steps. Returns a summary dict."""
+    from envs.collect import Collector, env_options
+    from envs.registry import make_vector
     from infra import (
         Logger,
         load_checkpoint,
@@ -162,6 +179,8 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         set_rng_state,
     )
 
+    if cfg.num_envs < 1:
+        raise ValueError(f"num_envs must be at least 1, got {cfg.num_envs}")
     run_dir = prepare_run_dir(cfg.logdir, resume)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
@@ -214,9 +233,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         save_checkpoint(ckpt_path, state, meta=meta)
 
     logger = Logger(run_dir, resume_step=env_steps() if resume else None)
-    policy = DreamerPolicy(model, ac, device)
+    policy = DreamerPolicy(model, ac, device, cfg.num_envs)
+    eval_policy = DreamerPolicy(model, ac, device)
     update = make_update(model, ac, optimizer, device)
-    low, high = env.action_space.low, env.action_space.high
     sums: dict[str, float] = {}
     counts = {"updates": 0}
 
@@ -236,80 +255,91 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             counts["updates"] += 1
         model.eval()
 
-    def random_policy(obs):
-        return rng.uniform(low, high).astype(np.float32)
-
     def evaluate() -> float:
         returns = []
         for _ in range(cfg.eval_episodes):
-            policy.reset()
-            returns.append(run_episode(env, lambda obs: policy(obs, sample=False))[0])
+            eval_policy.reset()
+            returns.append(run_episode(env, lambda obs: eval_policy(obs, sample=False))[0])
         return float(np.mean(returns))
 
-    def train_policy():
-        policy.reset()
-        first = replay.total_steps
+    # Collection: `num_envs` envs step together (one batched policy call); the eval episodes
+    # run in `env`. A fresh env seed after a resume: the interrupted envs cannot be restored,
+    # and their unfinished episodes are not in the replay.
+    seed = cfg.seed + 1000 * replay.total_episodes
+    vec = make_vector(
+        cfg.env, cfg.num_envs, seed=seed, asynchronous=cfg.num_envs > 1, **env_options(cfg)
+    )
+    collector = Collector(vec, replay, seed=seed)
+    low, high = vec.single_action_space.low, vec.single_action_space.high
 
-        def act(obs):
-            action = policy(obs, sample=True)
-            # This step is policy step first + taken + 1 once committed; danijar's Every(5).
-            taken = act.taken = act.taken + 1
-            if (first + taken) % cfg.train_every == 0:
-                train(cfg.train_steps)
-            return action
+    def random_policy(obs):
+        return rng.uniform(low, high, (cfg.num_envs, *low.shape)).astype(np.float32)
 
-        act.taken = 0
-        return act
+    def act(obs):
+        return policy.act(obs, collector.is_first, sample=True)
 
     bar = progress(cfg.steps, initial=env_steps(), desc="dreamer", unit="step")
-    train_return, last_rows = None, None
+    train_return, finished_since = None, 0
     try:
         if replay.total_steps < cfg.prefill:
             prefill_returns = []
             while replay.total_steps < cfg.prefill:
-                prefill_returns.append(run_episode(env, random_policy, replay)[0])
+                prefill_returns += [e.ret for e in collector.run(random_policy, episodes=1)]
             logger.log(env_steps(), {"prefill/return": float(np.mean(prefill_returns))})
             bar.update(env_steps() - bar.n)
         if not pretrained:
             train(cfg.pretrain)
             pretrained = True
             checkpoint()
+        # Policy step k (counted over all envs, from the replay's committed steps on) is
+        # followed by train_steps updates when k % train_every == 0 (danijar's Every).
+        first, base = replay.total_steps, collector.steps
+        sums.clear()
+        counts["updates"], start, taken_since = 0, time.perf_counter(), 0
         while env_steps() < cfg.steps:
-            sums.clear()
-            counts["updates"] = 0
-            start = time.perf_counter()
-            train_return, length, last_rows = run_episode(
-                env, train_policy(), replay, record=model.pixels
-            )
-            episodes += 1
-            row = {f"train/{k}": v / counts["updates"] for k, v in sums.items()}
-            row.update({"train/return": train_return, "train/length": length})
+            before = collector.steps
+            finished = collector.run(act, steps=1)  # one vector step
+            taken = collector.steps - base
+            due = (first + taken) // cfg.train_every - (first + before - base) // cfg.train_every
+            train(due * cfg.train_steps)
+            taken_since += collector.steps - before
+            if not finished:
+                continue
+            episodes += len(finished)
+            finished_since += len(finished)
+            train_return = float(np.mean([e.ret for e in finished]))
+            row = {f"train/{k}": v / max(counts["updates"], 1) for k, v in sums.items()}
+            row.update({"train/return": train_return})
+            row["train/length"] = float(np.mean([e.length for e in finished]))
             row.update({"train/updates": int(ac.updates), "train/episodes": replay.total_episodes})
             seconds = time.perf_counter() - start
-            row["train/fps"] = length * repeat / seconds  # env steps/s, updates included
+            row["train/fps"] = taken_since * repeat / seconds  # env steps/s, updates included
             row["train/updates_per_s"] = counts["updates"] / seconds
+            sums.clear()
+            counts["updates"], start, taken_since = 0, time.perf_counter(), 0
             done = env_steps() >= cfg.steps
             if replay.total_steps - last_eval >= cfg.eval_every or done:
                 eval_return, last_eval = evaluate(), replay.total_steps
                 row["eval/return"] = eval_return
             logger.log(env_steps(), row)
-            gif_due = cfg.gif_every and episodes % cfg.gif_every == 0
+            gif_due = cfg.gif_every and episodes % cfg.gif_every < len(finished)
             if model.pixels and (gif_due or done):
+                ep = replay.last_episode()
+                actions = np.concatenate([np.zeros_like(ep["actions"][:1]), ep["actions"]])
                 frames = openloop_frames(
-                    model,
-                    last_rows["obs"],
-                    last_rows["action"],
-                    cfg.openloop_context,
+                    model, ep["observations"], actions, cfg.openloop_context,
                     cfg.openloop_horizon,
-                )
+                )  # fmt: skip
                 logger.video(env_steps(), "openloop", frames)
-            if episodes % cfg.checkpoint_every == 0 or done:
+            if finished_since >= cfg.checkpoint_every or done:
                 checkpoint()
+                finished_since = 0
             bar.update(env_steps() - bar.n)
             bar.set_postfix(ret=f"{train_return:.1f}", updates=int(ac.updates))
     finally:
         bar.close()
         logger.close()
+        vec.close()
         env.close()
     return {
         "episodes": episodes,

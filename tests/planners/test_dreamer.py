@@ -122,6 +122,23 @@ def test_resume_continues_with_the_same_replay(tmp_path):
         train_dreamer(tiny(run, env="dmc:pendulum-swingup", steps=4000), resume=True)
 
 
+def test_vectorised_collection_keeps_the_update_ratio(tmp_path):
+    """Two envs (a process each) step together: the prefill's vector episode gives 2 episodes
+    (250 policy steps), then policy steps 251..500 over both envs train at 300, ..., 500."""
+    run = tmp_path / "run"
+    summary = train_dreamer(tiny(run, num_envs=2, steps=3000))
+    assert summary["replay_episodes"] == 4 and summary["episodes"] == 2
+    assert summary["env_steps"] == 4000 and summary["updates"] == 2 + 5
+    rows = read_metrics(run)
+    assert [r["step"] for r in rows] == [2000, 4000]
+    assert rows[1]["train/length"] == 125 and rows[1]["train/updates"] == 7
+    # the two envs' episodes are different (seeds seed + 1000 k + i), each whole
+    replay = EpisodeReplay.load(run / "replay", capacity=10_000)
+    episodes = list(replay.episodes())
+    assert [len(e["actions"]) for e in episodes] == [125] * 4
+    assert not np.allclose(episodes[2]["observations"], episodes[3]["observations"])
+
+
 def test_defaults_presets_and_help():
     cfg = DreamerConfig()
     assert (cfg.batch_size, cfg.batch_length, cfg.train_every, cfg.prefill, cfg.pretrain) == (
