@@ -42,6 +42,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from worldmodels.ensemble import DynamicsEnsemble
 from worldmodels.protocol import open_loop
 
 __all__ = ["PessimisticMDP", "PessimisticMDPEnv", "PessimisticModel", "halt_reward"]
@@ -357,14 +358,9 @@ class PessimisticModel:
         """state (B,), actions (B, H, A) -> states (B, H); states[:, h] follows actions[:, h]."""
         return open_loop(self, state, actions)
 
-    def features(self, state: dict) -> torch.Tensor:
-        return state["obs"]
-
-    def reward(self, state: dict) -> torch.Tensor:
-        return state["reward"]
-
-    def continuation(self, state: dict) -> torch.Tensor:
-        return 1.0 - state["terminated"]
-
-    def decode(self, state: dict) -> torch.Tensor:
-        return state["obs"]
+    # The states are the ensemble's plus "halted" (HALT already folded into reward and
+    # terminated), so the ensemble's readers serve.
+    features = DynamicsEnsemble.features
+    reward = DynamicsEnsemble.reward
+    continuation = DynamicsEnsemble.continuation
+    decode = DynamicsEnsemble.decode
