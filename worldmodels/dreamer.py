@@ -66,10 +66,16 @@ def straight_through_onehot(logits: torch.Tensor) -> torch.Tensor:
     """A one-hot sample of Categorical(logits) over the last dim whose gradient is that of the
     probabilities (danijar's OneHotDist.sample): sample + probs - sg(probs).
 
-    (..., K) logits -> (..., K) one-hot (up to rounding: probs - sg(probs) is 0 or 1 ulp)."""
+    (..., K) logits -> (..., K) one-hot (up to rounding: probs - sg(probs) is 0 or 1 ulp).
+
+    The index is drawn by inverse CDF, #{k : cumsum(probs)_k < u} with u ~ U[0, 1): exact, and
+    on a CPU about ten times faster than torch.multinomial over the 25,600 categoricals of a
+    16 x 50 batch (it took a quarter of a small model's update)."""
     probs = F.softmax(logits.float(), -1)
-    index = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
-    sample = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
+    u = torch.rand(probs.shape[:-1] + (1,), device=probs.device)
+    K = probs.shape[-1]
+    index = (probs.cumsum(-1) < u).sum(-1).clamp(max=K - 1)  # rounding: cumsum[-1] may be < u
+    sample = F.one_hot(index, K).to(probs.dtype)
     return sample + probs - probs.detach()
 
 
