@@ -8,7 +8,7 @@ pessimistic MDP with its USAD threshold, and optimise a policy in it with NPG (o
     python scripts/train_morel.py --dataset PATH --pessimism 2 --halt_reward penalty \\
         --halt_penalty 100 --ensemble.hidden 256 --npg.update_paths 25 --logdir runs/morel-k100
     python scripts/train_morel.py --logdir runs/morel --resume --iterations 1000
-    python scripts/train_morel.py --dataset wmrl/hopper-medium-replay-v0 --planner cem \
+    python scripts/train_morel.py --dataset wmrl/hopper-medium-replay-v0 --planner cem \\
         --cem.candidates 500 --cem.horizon 25 --eval-episodes 4 --logdir runs/morel-cem
 
 Defaults are mjrl's configs/d4rl_hopper_medium.txt: 4 members of (512, 512) fitted 25 epochs,
