@@ -8,6 +8,7 @@
     python scripts/benchmark.py --only offline   # gradient steps/s of each offline algorithm
     python scripts/benchmark.py --only ensemble  # MOReL ensemble: training steps/s, batched vs loop
     python scripts/benchmark.py --only pmdp      # MOReL pessimistic MDP: model rollout steps/s
+    python scripts/benchmark.py --only npg       # MOReL's NPG update; Fisher products two ways
     python scripts/benchmark.py --json out.json      # also write the figures as JSON
 
 Figures are medians over repeats, printed as a table; nothing here is asserted by tests.
@@ -248,14 +249,59 @@ def bench_pmdp(device: str, steps: int = 50, num_envs: int = 200) -> dict:
     return {"device": device, "num_envs": num_envs, "model_steps_per_s": rate}
 
 
+def bench_npg(device: str, paths: int = 200, horizon: int = 700, repeats: int = 3) -> dict:
+    """One NPG update (MOReL's 200 paths x 700 steps = 140k samples, Hopper's dims, the (64, 64)
+    policy) and one Fisher-vector product on those samples: `planners.npg.fisher_operator`'s
+    closed form against mjrl's double backpropagation through the mean KL (written out here as
+    the reference)."""
+    import torch
+    from torch.nn.utils import parameters_to_vector
+
+    from planners.npg import NPG, fisher_operator
+
+    torch.manual_seed(0)
+    npg = NPG(11, 3).to(device)
+    policy = npg.policy
+    obs = torch.randn(paths, horizon + 1, 11, device=device)
+    batch = {
+        "observations": obs,
+        "actions": torch.randn(paths, horizon, 3, device=device),
+        "rewards": torch.randn(paths, horizon, device=device),
+        "terminated": torch.zeros(paths, horizon, dtype=torch.bool, device=device),
+        "mask": torch.ones(paths, horizon, dtype=torch.bool, device=device),
+    }
+    flat = obs[:, :-1].reshape(-1, 11)
+    params = list(policy.parameters())
+    v = torch.randn(sum(p.numel() for p in params), device=device)
+    with torch.no_grad():
+        old_mean, old_log_std = policy(flat), policy.log_std.clone()
+
+    def double_backprop():
+        kl = policy.kl(old_mean, old_log_std, flat)
+        grads = torch.autograd.grad(kl, params, create_graph=True)
+        return torch.autograd.grad(parameters_to_vector(grads).dot(v), params)
+
+    fvp = fisher_operator(policy, flat)
+    closed_ms = timed(lambda: fvp(v), device, repeats)
+    double_ms = timed(double_backprop, device, repeats)
+    update_ms = timed(lambda: npg.update(batch), device, repeats)
+    return {
+        "device": device,
+        "samples": paths * horizon,
+        "update_ms": update_ms,
+        "fvp_closed_form_ms": closed_ms,
+        "fvp_double_backprop_ms": double_ms,
+    }
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--only",
-        default="render,replay,planet,dreamer,offline,ensemble,pmdp",
-        help="comma-separated: render, replay, planet, dreamer, offline, ensemble, pmdp",
+        default="render,replay,planet,dreamer,offline,ensemble,pmdp,npg",
+        help="comma-separated: render, replay, planet, dreamer, offline, ensemble, pmdp, npg",
     )
     parser.add_argument(
         "--render-steps", type=int, default=2000, help="steps per task, fast renderer"
@@ -283,7 +329,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    known = ("render", "replay", "planet", "dreamer", "offline", "ensemble", "pmdp")
+    known = ("render", "replay", "planet", "dreamer", "offline", "ensemble", "pmdp", "npg")
     unknown = sections - set(known)
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(known)}")
@@ -344,6 +390,15 @@ def main(argv=None) -> dict:
         print(
             f"\nMOReL P-MDP on {r['device']}: {r['model_steps_per_s']:.0f} model steps/s "
             f"({r['num_envs']} paths at once, 4 x 512 ensemble)"
+        )
+    if "npg" in sections:
+        r = bench_npg(args.device)
+        results["npg"] = r
+        print(
+            f"\nMOReL NPG on {r['device']} ({r['samples']} samples): update "
+            f"{r['update_ms']:.0f} ms; Fisher-vector product closed form "
+            f"{r['fvp_closed_form_ms']:.0f} ms, double backprop "
+            f"{r['fvp_double_backprop_ms']:.0f} ms"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
