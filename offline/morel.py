@@ -466,14 +466,14 @@ def plan_in_pmdp(cfg, ensemble, usad, dataset, env, logger, returns, checkpoint)
         t0, episode = time.perf_counter(), len(returns)
         planner.reset()
         model.reset_counts()
-        obs, _ = env.reset(seed=cfg.seed + 10_000 + episode)  # evaluate_policy's starts
-        total, done = 0.0, False
         bar = progress(limit, desc=f"cem episode {episode + 1}/{cfg.eval_episodes}", unit="step")
-        while not done:
-            action = planner.act(torch.as_tensor(obs, dtype=torch.float32)).cpu().numpy()
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total, done = total + float(reward), terminated or truncated
+
+        def act(obs, bar=bar):  # this episode's bar
             bar.update(1)
+            return planner.act(torch.as_tensor(obs, dtype=torch.float32)).cpu().numpy()
+
+        # the starts of evaluate_policy: episode k resets with seed + 10_000 + k
+        total = float(episode_returns(env, act, 1, cfg.seed + 10_000 + episode)[0])
         bar.close()
         returns.append(total)
         row = {
