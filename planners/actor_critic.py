@@ -39,7 +39,7 @@ from torch import nn
 from planners.cem import map_state
 from worldmodels.dreamer import autocast, make_optimizer, straight_through_onehot
 from worldmodels.nets import gaussian_nll, mlp
-from worldmodels.rssm import metric_floats
+from worldmodels.rssm import check_finite, metric_floats
 
 
 @dataclass
@@ -322,10 +322,14 @@ class ActorCritic(nn.Module):
         nll = gaussian_nll(value, target.detach(), 0)
         return (seq["weight"][:, :-1] * nll).mean()
 
-    def update(self, model, start, is_terminal=None) -> dict[str, float]:
+    def update(self, model, start, is_terminal=None, sync: bool = True) -> dict:
         """One actor and one critic step from the posterior states `start` (B, T) of a
         world-model batch (each of the B * T states starts an imagined sequence; `is_terminal`
-        (B, T) or None); the model's weights are not changed. Returns metrics as floats."""
+        (B, T) or None); the model's weights are not changed.
+
+        Returns the metrics as floats with `sync` (a non-finite loss or gradient raises
+        FloatingPointError before any step), else as device tensors with nothing waiting for
+        the device; check them with `worldmodels.rssm.check_finite` when you sync."""
         start = map_state(lambda x: x.detach().reshape(-1, *x.shape[2:]), start)
         device = self.updates.device
         with frozen(model), autocast(device):
@@ -348,11 +352,11 @@ class ActorCritic(nn.Module):
             imag_reward=seq["reward"].mean(),
             critic_target=target.mean(),
         )
-        out = metric_floats(metrics)  # the one host sync of the update
-        if not all(math.isfinite(v) for v in out.values()):
-            raise FloatingPointError(
-                f"actor-critic loss or gradient is not finite ({out}); lower --ac.actor-lr"
-            )
+        if sync:
+            out = metric_floats(metrics)  # the one host sync of the update
+            check_finite(out, "actor-critic loss or gradient", "lower --ac.actor-lr")
+        else:
+            out = {k: v.detach() for k, v in metrics.items()}
         self.actor_opt.step()
         self.critic_opt.step()
         self.update_slow_target()

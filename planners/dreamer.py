@@ -26,6 +26,7 @@ from planners.cem import map_state
 from planners.planet import env_action_repeat, run_episode
 from planners.runs import LoadedRun, open_replay, openloop_frames, replay_checkpoint
 from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig, make_optimizer
+from worldmodels.rssm import check_finite, metric_floats
 
 
 @dataclass
@@ -145,15 +146,28 @@ def build(cfg: DreamerConfig, device):
     return model, ac, env
 
 
-def make_update(model: CategoricalRSSM, ac: ActorCritic, optimizer, device):
-    """One DreamerV2 update on a replay batch (numpy): world model, then actor-critic from
-    every posterior state. Returns the merged metrics (`model/...`, `ac/...`)."""
+def batch_to_device(batch: dict, device) -> dict:
+    """A replay batch (numpy) as tensors on `device`. To CUDA the arrays go through pinned
+    memory with non-blocking copies: a pageable copy would wait for the GPU's queued work."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
+    return {
+        k: torch.as_tensor(v).pin_memory().to(device, non_blocking=True) for k, v in batch.items()
+    }
 
-    def update(batch: dict) -> dict[str, float]:
-        batch = {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
-        wm_metrics, post = model.train_step(batch, optimizer)
+
+def make_update(model: CategoricalRSSM, ac: ActorCritic, optimizer, device, sync: bool = True):
+    """One DreamerV2 update on a replay batch (numpy): world model, then actor-critic from
+    every posterior state. Returns the merged metrics (`model/...`, `ac/...`): floats with
+    `sync` (a non-finite loss raises before it reaches the weights), else device tensors, and
+    the update never waits for the device; check those with `check_finite` when you sync."""
+
+    def update(batch: dict) -> dict:
+        batch = batch_to_device(batch, device)
+        wm_metrics, post = model.train_step(batch, optimizer, sync)
         terminal = batch["is_terminal"] if model.discount_head is not None else None
-        ac_metrics = ac.update(model, post, is_terminal=terminal)
+        ac_metrics = ac.update(model, post, is_terminal=terminal, sync=sync)
         return {
             **{f"model/{k}": v for k, v in wm_metrics.items()},
             **{f"ac/{k}": v for k, v in ac_metrics.items()},
@@ -235,25 +249,36 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     logger = Logger(run_dir, resume_step=env_steps() if resume else None)
     policy = DreamerPolicy(model, ac, device, cfg.num_envs)
     eval_policy = DreamerPolicy(model, ac, device)
-    update = make_update(model, ac, optimizer, device)
-    sums: dict[str, float] = {}
-    counts = {"updates": 0}
+    # The updates run without host syncs; their metrics add up on the device and come to the
+    # host once per logged episode (`mean_metrics`), which is also where a non-finite update is
+    # caught: always before the checkpoint that would save it.
+    update = make_update(model, ac, optimizer, device, sync=False)
+    sums: dict[str, torch.Tensor] = {}
+    counts = {"updates": 0, "since": env_steps()}
 
     def train(n: int) -> None:
         model.train()
         for _ in range(n):
-            batch = replay.sample(cfg.batch_size, cfg.batch_length)
-            try:
-                metrics = update(batch)
-            except FloatingPointError as exc:
-                raise FloatingPointError(
-                    f"Dreamer update at env step {env_steps()} in {run_dir}: {exc}; resume from "
-                    "the last checkpoint with lower learning rates"
-                ) from exc
+            metrics = update(replay.sample(cfg.batch_size, cfg.batch_length))
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k] = sums[k] + v if k in sums else v.float()
             counts["updates"] += 1
         model.eval()
+
+    def mean_metrics() -> dict[str, float]:
+        """The mean of each metric since the last call (one host sync); raises
+        FloatingPointError if any update in between was not finite."""
+        n, since = max(counts["updates"], 1), counts["since"]
+        means = {k: v / n for k, v in metric_floats(sums).items()} if sums else {}
+        sums.clear()
+        counts["updates"], counts["since"] = 0, env_steps()
+        check_finite(
+            means,
+            f"a Dreamer update between env steps {since} and {env_steps()} in {run_dir}",
+            "the checkpoint from before it is intact: resume from it with lower learning "
+            "rates (--model.lr, --ac.actor-lr, --ac.critic-lr)",
+        )
+        return means
 
     def evaluate() -> float:
         returns = []
@@ -289,13 +314,13 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             bar.update(env_steps() - bar.n)
         if not pretrained:
             train(cfg.pretrain)
+            mean_metrics()
             pretrained = True
             checkpoint()
         # Policy step k (counted over all envs, from the replay's committed steps on) is
         # followed by train_steps updates when k % train_every == 0 (danijar's Every).
         first, base = replay.total_steps, collector.steps
-        sums.clear()
-        counts["updates"], start, taken_since = 0, time.perf_counter(), 0
+        start, taken_since, updates_since = time.perf_counter(), 0, 0
         while env_steps() < cfg.steps:
             before = collector.steps
             finished = collector.run(act, steps=1)  # one vector step
@@ -308,15 +333,15 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             episodes += len(finished)
             finished_since += len(finished)
             train_return = float(np.mean([e.ret for e in finished]))
-            row = {f"train/{k}": v / max(counts["updates"], 1) for k, v in sums.items()}
+            updates_since = counts["updates"]
+            row = {f"train/{k}": v for k, v in mean_metrics().items()}
             row.update({"train/return": train_return})
             row["train/length"] = float(np.mean([e.length for e in finished]))
             row.update({"train/updates": int(ac.updates), "train/episodes": replay.total_episodes})
             seconds = time.perf_counter() - start
             row["train/fps"] = taken_since * repeat / seconds  # env steps/s, updates included
-            row["train/updates_per_s"] = counts["updates"] / seconds
-            sums.clear()
-            counts["updates"], start, taken_since = 0, time.perf_counter(), 0
+            row["train/updates_per_s"] = updates_since / seconds
+            start, taken_since = time.perf_counter(), 0
             done = env_steps() >= cfg.steps
             if replay.total_steps - last_eval >= cfg.eval_every or done:
                 eval_return, last_eval = evaluate(), replay.total_steps

@@ -20,6 +20,7 @@ A state is a dict with leading dims (B,) or (B, T): "deter" (..., deter), "logit
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -125,7 +126,9 @@ def make_optimizer(params, lr: float, eps: float, weight_decay: float) -> torch.
 def autocast(device: torch.device):
     """bf16 mixed precision on CUDA (danijar trains in float16), full precision elsewhere."""
     device = torch.device(device)
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 class CategoricalRSSM(RecurrentStateSpaceModel):
@@ -273,16 +276,20 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
         loss, metrics, post = self._loss(batch)
         return loss, metric_floats(metrics), post
 
-    def train_step(self, batch: dict, optimizer: torch.optim.Optimizer):
+    def train_step(self, batch: dict, optimizer: torch.optim.Optimizer, sync: bool = True):
         """One update: loss (bf16 autocast on CUDA), backward, clipping to global norm
-        `grad_clip`, optimizer step. Raises FloatingPointError on a non-finite loss before the
-        step touches the weights.
+        `grad_clip`, optimizer step.
 
-        Returns (metrics as floats plus `grad_norm`, posterior states (B, T) detached).
+        With `sync` the metrics come back as floats, and a non-finite loss or gradient raises
+        FloatingPointError before the step touches the weights. Without it nothing waits for
+        the device: the metrics are device tensors, to check when the caller syncs (see
+        `RecurrentStateSpaceModel._optimize`).
+
+        Returns (metrics plus `grad_norm`, posterior states (B, T) detached).
         """
         with autocast(self.device):
             loss, metrics, post = self._loss(batch)
-        out = self._optimize(loss, metrics, optimizer)
+        out = self._optimize(loss, metrics, optimizer, sync)
         return out, {k: v.detach() for k, v in post.items()}
 
 

@@ -143,19 +143,27 @@ class RecurrentStateSpaceModel(nn.Module):
         is_first = torch.as_tensor(is_first, device=self.device, dtype=torch.bool)
         return obs, action, is_first
 
-    def _optimize(self, loss, metrics: dict, optimizer) -> dict[str, float]:
-        """Backward, clip to the global norm `cfg.grad_clip`, step: the metrics as floats plus
-        `grad_norm` (before clipping), in one host sync. A non-finite loss or gradient raises
-        FloatingPointError before the step touches the weights."""
+    def _optimize(self, loss, metrics: dict, optimizer, sync: bool = True) -> dict:
+        """Backward, clip to the global norm `cfg.grad_clip`, step; returns the metrics plus
+        `grad_norm` (before clipping).
+
+        sync=True: the metrics as floats, in one host sync, and a non-finite loss or gradient
+        raises FloatingPointError before the step touches the weights.
+        sync=False: nothing waits for the device. The metrics stay detached device tensors, and
+        the caller checks them when it syncs anyway (`check_finite`): a non-finite step has
+        then already made the weights non-finite, so check before saving a checkpoint."""
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         metrics["grad_norm"] = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.grad_clip)
+        if not sync:
+            optimizer.step()
+            return {k: v.detach() for k, v in metrics.items()}
         out = metric_floats(metrics)  # the one host sync of the step
-        if not (math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])):
-            raise FloatingPointError(
-                f"{type(self).__name__} loss or gradient is not finite ({out}); lower the "
-                "learning rate or check the batch for NaN observations or rewards"
-            )
+        check_finite(
+            out,
+            f"{type(self).__name__} loss or gradient",
+            "lower the learning rate or check the batch for NaN observations or rewards",
+        )
         optimizer.step()
         return out
 
@@ -362,3 +370,11 @@ def metric_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     """Scalar tensors -> floats in one device-to-host copy."""
     values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
     return dict(zip(metrics, values, strict=True))
+
+
+def check_finite(metrics: dict[str, float], what: str, fix: str) -> None:
+    """Raise FloatingPointError naming `what`, the non-finite metrics and `fix` if any metric
+    is NaN or infinite."""
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(f"{what} is not finite ({bad}); {fix}")

@@ -183,3 +183,66 @@ def test_one_update_trains_model_actor_and_critic_on_a_fixed_batch():
     changed = [not torch.equal(a, b) for a, b in zip(before, after, strict=True)]
     assert any(changed[:n_model]) and any(changed[n_model : n_model + n_actor])
     assert any(changed[n_model + n_actor :])
+
+
+@pytest.mark.parametrize("obs_shape", [(5,), (64, 64, 3)], ids=["state", "pixels"])
+def test_the_training_update_never_waits_for_the_device(obs_shape):
+    """On the meta device tensors have shapes but no data, so anything that would make the host
+    wait for a GPU (`.item()`, `float(t)`, `bool(t)`, `.tolist()`, copies to the host) raises.
+    The update the training loop runs (sync=False) goes through there whole; the syncing one
+    fails, which shows the check can catch a sync."""
+    cfg = tiny("unused")
+    model, ac, optimizer = setup_update(obs_shape, 2, "meta", cfg)
+    batch = random_batch(obs_shape, 2, 3, 6)
+    metrics = make_update(model, ac, optimizer, "meta", sync=False)(batch)
+    assert {"model/loss", "model/grad_norm", "ac/actor_loss", "ac/critic_loss"} <= set(metrics)
+    assert all(v.device.type == "meta" and v.shape == () for v in metrics.values())
+    with pytest.raises(NotImplementedError, match="meta"):
+        make_update(model, ac, optimizer, "meta", sync=True)(batch)
+
+
+def test_the_update_without_sync_computes_what_the_syncing_one_does():
+    """Two updates from the same seed and weights: the same metrics, the same weights after."""
+    cfg = tiny("unused")
+    batch = random_batch((5,), 1, 4, 8)
+    runs = []
+    for sync in (True, False):
+        torch.manual_seed(0)
+        model, ac, optimizer = setup_update((5,), 1, "cpu", cfg)
+        update = make_update(model, ac, optimizer, "cpu", sync=sync)
+        metrics = [update(batch) for _ in range(2)][-1]
+        runs.append(({k: float(v) for k, v in metrics.items()}, [*model.state_dict().values(),
+                     *ac.state_dict().values()]))  # fmt: skip
+    (m_sync, w_sync), (m_free, w_free) = runs
+    assert m_sync == pytest.approx(m_free, rel=1e-6, abs=1e-7)
+    assert all(torch.equal(a, b) for a, b in zip(w_sync, w_free, strict=True))
+
+
+def test_a_non_finite_update_stops_the_run_before_its_checkpoint(tmp_path, monkeypatch):
+    """The loop checks its device-side metrics once per episode, before the checkpoint: a NaN
+    in the first training update (the third overall) ends the run with the env steps it lies
+    between, and the checkpoint stays the one written after the pretraining."""
+    import planners.dreamer as dreamer
+
+    real = dreamer.make_update
+
+    def poisoned(*args, **kwargs):
+        update, calls = real(*args, **kwargs), []
+
+        def wrapped(batch):
+            metrics = update(batch)
+            calls.append(1)
+            if len(calls) == 3:
+                metrics["ac/critic_loss"] = metrics["ac/critic_loss"] * float("nan")
+            return metrics
+
+        return wrapped
+
+    monkeypatch.setattr(dreamer, "make_update", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(FloatingPointError, match=r"between env steps 1000 and 2000.*critic_loss"):
+        train_dreamer(tiny(run))
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["env_steps"] == 1000 and state["pretrained"]
+    assert int(state["actor_critic"]["updates"]) == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
