@@ -39,7 +39,7 @@ from torch import nn
 from planners.cem import map_state
 from worldmodels.dreamer import autocast, make_optimizer, straight_through_onehot
 from worldmodels.nets import gaussian_nll, mlp
-from worldmodels.rssm import check_finite, metric_floats
+from worldmodels.rssm import check_finite, compile_methods, metric_floats
 
 
 @dataclass
@@ -258,11 +258,9 @@ class ActorCritic(nn.Module):
         no_action = feats[0].new_zeros(*feats[0].shape[:-1], self.action_dim)
         states, actions = [state], [no_action]
         for _ in range(H):
-            # The policy reads sg(feat): its gradient reaches it only through its own actions.
-            action = self.actor(feats[-1].detach()).rsample()
-            state = model.img_step(state, action)
+            action, state, feat = self._imagine_step(model, state, feats[-1])
             states.append(state)
-            feats.append(model.features(state))
+            feats.append(feat)
             actions.append(action)
         states = stack_tree(states, 1)
         cont = model.continuation(states).float()
@@ -280,6 +278,18 @@ class ActorCritic(nn.Module):
             "weight": weight,
             "state": states,
         }
+
+    def _imagine_step(self, model, state, feat):
+        """One imagined step: (action a_(k+1), state z_(k+1), its features) from z_k."""
+        # The policy reads sg(feat): its gradient reaches it only through its own actions.
+        action = self.actor(feat.detach()).rsample()
+        state = model.img_step(state, action)
+        return action, state, model.features(state)
+
+    def compile_steps(self, **options) -> None:
+        """torch.compile the imagination step (actor, the model's `img_step`, features),
+        `options` passed on; see `RecurrentStateSpaceModel.compile_steps`."""
+        compile_methods(self, ("_imagine_step",), **options)
 
     def target(self, seq: dict) -> torch.Tensor:
         """Lambda-returns t_0..t_(H-1) (N, H) from the slow critic's values of seq["feat"]."""

@@ -15,7 +15,7 @@ steps, as in the paper's plots.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,8 @@ class DreamerConfig:
     gif_every: int = 20  # training episodes between open-loop GIFs (0: only at the end)
     openloop_context: int = 5  # frames the model observes before predicting open loop
     openloop_horizon: int = 45  # frames predicted open loop from the real actions
+    compile: bool = False  # torch.compile the per-step functions (filtering, imagination): for
+    # GPUs, where a step's many small kernels cost more than their math; a minute of compiling
     model: CategoricalRSSMConfig = field(default_factory=CategoricalRSSMConfig)
     ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)
 
@@ -141,9 +143,17 @@ def build(cfg: DreamerConfig, device):
             "need a one-hot wrapper"
         )
     action_dim = int(space.shape[0])
-    model = CategoricalRSSM(env.observation_space.shape, action_dim, cfg.model).to(device)
-    ac = ActorCritic(model.feat_dim, action_dim, cfg.ac).to(device)
+    model, ac = _networks(env.observation_space.shape, action_dim, cfg, device)
     return model, ac, env
+
+
+def _networks(obs_shape, action_dim: int, cfg: DreamerConfig, device):
+    model = CategoricalRSSM(tuple(obs_shape), action_dim, cfg.model).to(device)
+    ac = ActorCritic(model.feat_dim, action_dim, cfg.ac).to(device)
+    if cfg.compile:
+        model.compile_steps()
+        ac.compile_steps()
+    return model, ac
 
 
 def batch_to_device(batch: dict, device) -> dict:
@@ -383,7 +393,7 @@ def load_run(run_dir: Path, device) -> LoadedRun:
     from infra import load_checkpoint, load_config
 
     cfg = load_config(DreamerConfig, run_dir)
-    model, _, env = build(cfg, device)
+    model, _, env = build(replace(cfg, compile=False), device)  # a few steps: not worth it
     env.close()
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
     model.load_state_dict(state["model"])
@@ -395,8 +405,7 @@ def setup_update(obs_shape, action_dim: int, device, config: DreamerConfig | Non
     """A fresh world model, actor-critic and model optimiser (dmc_vision sizes unless `config`
     says otherwise): (model, actor_critic, optimizer), for `make_update`."""
     cfg = config or DreamerConfig()
-    model = CategoricalRSSM(tuple(obs_shape), action_dim, cfg.model).to(device)
-    ac = ActorCritic(model.feat_dim, action_dim, cfg.ac).to(device)
+    model, ac = _networks(obs_shape, action_dim, cfg, device)
     optimizer = make_optimizer(
         model.parameters(), cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay
     )

@@ -133,21 +133,34 @@ def bench_planet(device: str, repeats: int) -> dict:
     return {"device": device, "update_50x50_ms": update_ms, "cem_action_ms": cem_ms}
 
 
-def bench_dreamer(device: str, repeats: int) -> dict:
+def bench_dreamer(device: str, repeats: int, compile: bool = False) -> dict:
     """DreamerV2 at dmc_vision's sizes: one update (world model on a 16 x 50 batch, then the
     actor-critic imagining 15 steps from all 800 posteriors, both optimiser steps), on 64 x 64
-    pixels and on a 5-dim state vector (dmc_proprio's MLP encoder and decoder)."""
+    pixels and on a 5-dim state vector (dmc_proprio's MLP encoder and decoder). The update is
+    the training loop's, which never waits for the device: `*_ms` is one update with the device
+    synchronised around it, `*_updates_per_s` the rate of `repeats` updates in a row, as in
+    training. With `compile`, also with the per-step functions torch.compile'd."""
     import torch
 
-    from planners.dreamer import make_update, random_batch, setup_update
+    from planners.dreamer import DreamerConfig, make_update, random_batch, setup_update
 
     out = {"device": device}
-    for name, obs_shape in (("pixels", (64, 64, 3)), ("state", (5,))):
-        torch.manual_seed(0)
-        model, ac, optimizer = setup_update(obs_shape, 1, device)
-        batch = random_batch(obs_shape, 1, 16, 50)
-        update = make_update(model, ac, optimizer, device)
-        out[f"update_16x50_{name}_ms"] = timed(lambda u=update, b=batch: u(b), device, repeats)
+    for suffix, compiled in (("", False), ("_compiled", True))[: 1 + compile]:
+        for name, obs_shape in (("pixels", (64, 64, 3)), ("state", (5,))):
+            torch.manual_seed(0)
+            cfg = DreamerConfig(compile=compiled)
+            model, ac, optimizer = setup_update(obs_shape, 1, device, cfg)
+            batch = random_batch(obs_shape, 1, 16, 50)
+            update = make_update(model, ac, optimizer, device, sync=False)
+            key = f"update_16x50_{name}{suffix}"
+            out[f"{key}_ms"] = timed(lambda u=update, b=batch: u(b), device, repeats)
+            sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+            sync()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                update(batch)
+            sync()
+            out[f"{key}_updates_per_s"] = repeats / (time.perf_counter() - start)
     return out
 
 
@@ -324,6 +337,11 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--dreamer-repeats", type=int, default=3, help="timed DreamerV2 updates")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="dreamer: also time the update with its per-step functions torch.compile'd",
+    )
+    parser.add_argument(
         "--offline-updates", type=int, default=50, help="updates per timed offline call"
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -361,13 +379,14 @@ def main(argv=None) -> dict:
             f"{r['cem_action_ms']:.1f} ms"
         )
     if "dreamer" in sections:
-        r = bench_dreamer(args.device, args.dreamer_repeats)
+        r = bench_dreamer(args.device, args.dreamer_repeats, args.compile)
         results["dreamer"] = r
-        print(
-            f"\nDreamerV2 on {r['device']}: update (16 x 50, world model + actor-critic) "
-            f"{r['update_16x50_pixels_ms']:.0f} ms with 64x64 pixels, "
-            f"{r['update_16x50_state_ms']:.0f} ms with state vectors"
-        )
+        print(f"\nDreamerV2 on {r['device']}: update (16 x 50, world model + actor-critic)")
+        for suffix in ("", "_compiled")[: 1 + args.compile]:
+            for name in ("pixels", "state"):
+                key = f"update_16x50_{name}{suffix}"
+                print(f"{name + suffix:16s} {r[key + '_ms']:8.0f} ms  "
+                      f"{r[key + '_updates_per_s']:7.2f} updates/s")  # fmt: skip
     if "offline" in sections:
         r = bench_offline(args.device, args.offline_updates)
         results["offline"] = r

@@ -119,8 +119,16 @@ def kl_balance_loss(
 def make_optimizer(params, lr: float, eps: float, weight_decay: float) -> torch.optim.AdamW:
     """danijar's `common.Optimizer`: Adam(lr, eps) with weight decay w <- (1 - wd) w applied
     before each step, independent of the learning rate; AdamW decays by lr * weight_decay, hence
-    weight_decay / lr here. Clip gradients to the global norm yourself before `step`."""
-    return torch.optim.AdamW(params, lr=lr, eps=eps, weight_decay=weight_decay / lr)
+    weight_decay / lr here. Clip gradients to the global norm yourself before `step`.
+
+    The fused implementation (one kernel over all parameters) where torch has it, on CPU and
+    CUDA: on this CPU a step over the 6.4M parameters of dmc_proprio's model and actor-critic
+    takes 5.3 ms fused against 26.3 ms with the default foreach loop."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(
+        params, lr=lr, eps=eps, weight_decay=weight_decay / lr, fused=fused or None
+    )
 
 
 def autocast(device: torch.device):

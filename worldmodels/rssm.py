@@ -124,13 +124,24 @@ class RecurrentStateSpaceModel(nn.Module):
         action = action * ~is_first[..., None]
         posts, priors = [], []
         for t in range(T):
-            reset = is_first[:, t]
-            state = {k: torch.where(_expand(reset, v), init[k], v) for k, v in state.items()}
-            prior = self.img_step(state, action[:, t])
-            state = self.obs_step(prior, embed[:, t])
+            state, prior = self._filter_step(state, init, is_first[:, t], action[:, t], embed[:, t])
             posts.append(state)
             priors.append(prior)
         return stack_states(posts), stack_states(priors)
+
+    def _filter_step(self, state: State, init: State, reset, action, embed):
+        """One filtering step (B,): reset to `init` where `reset`, prior, then posterior.
+        Returns (posterior, prior)."""
+        state = {k: torch.where(_expand(reset, v), init[k], v) for k, v in state.items()}
+        prior = self.img_step(state, action)
+        return self.obs_step(prior, embed), prior
+
+    def compile_steps(self, **options) -> None:
+        """torch.compile the per-step functions that the filtering loop, imagination and
+        planning call once per time step (`_filter_step`, `img_step`), `options` passed on:
+        each step's small kernels fuse into a few, and the loops stay in Python. The weights
+        and the checkpoints are unchanged."""
+        compile_methods(self, ("_filter_step", "img_step"), **options)
 
     def _inputs(self, obs, action, is_first):
         obs = torch.as_tensor(obs, device=self.device)  # uint8 crosses to the device as uint8
@@ -364,6 +375,12 @@ def make_optimizer(model: RSSM, cfg: RSSMConfig | None = None) -> torch.optim.Ad
     rate linearly over its first 10k steps, which is the training loop's business."""
     cfg = cfg or model.cfg
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+
+
+def compile_methods(obj, names, **options) -> None:
+    """Replace each method `names` of `obj` by its torch.compile'd version (on the instance)."""
+    for name in names:
+        setattr(obj, name, torch.compile(getattr(obj, name), **options))
 
 
 def metric_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
