@@ -41,6 +41,9 @@ class ControllerConfig:
     temperature: float | None = None  # tau of dream rollouts; none: the MDN-RNN's temperature
     action_map: str = "auto"  # tanh, carracing (reference brake clipping), auto (by env id)
     max_steps: int | None = None  # episode cap; none: the env's time limit (dream: 1000)
+    patience: int | None = None  # real training rollouts end after this many steps in a row
+    # without a positive reward (CarRacing: off the track or stopped), scored by their return so
+    # far; none: never (the reference). Evaluations always run whole episodes.
     eval_every: int = 25  # generations between evaluations of the mean (the reference's 25)
     eval_episodes: int = 100  # real-env episodes per evaluation (the paper averages 100)
     checkpoint_every: int = 1  # generations between checkpoints
@@ -50,6 +53,8 @@ class ControllerConfig:
             raise ValueError(f"controller mode must be 'real' or 'dream', got {self.mode!r}")
         if self.action_map not in ("auto", "tanh", "carracing"):
             raise ValueError(f"action_map must be auto, tanh or carracing, got {self.action_map!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1 step (or none), got {self.patience}")
         if self.population < 2 or self.rollouts < 1:
             raise ValueError(f"need population >= 2 and rollouts >= 1, got {self.population}, "
                              f"{self.rollouts}")  # fmt: skip
@@ -165,6 +170,7 @@ class RolloutSpec:
     mode: str = "real"
     temperature: float | None = None
     max_steps: int | None = None
+    patience: int | None = None  # real episodes end after this many steps without reward > 0
     initial_mu: np.ndarray | None = None  # (N, Z) first-frame encodings, dream starts
     initial_logvar: np.ndarray | None = None
     observe_sample: bool = True
@@ -219,7 +225,7 @@ class Rollouts:
         frames = [obs] if record else None
         state, is_first = None, True
         action = torch.zeros(1, model.action_dim)
-        ret, t = 0.0, 0
+        ret, t, unrewarded = 0.0, 0, 0
         while self.spec.max_steps is None or t < self.spec.max_steps:
             obs_t = torch.from_numpy(np.array(obs, dtype=np.uint8))[None, None]
             first = torch.tensor([[is_first]])
@@ -228,9 +234,10 @@ class Rollouts:
             action = ctrl(model.features(state))
             obs, reward, terminated, truncated, _ = env.step(action[0].numpy())
             ret, t, is_first = ret + float(reward), t + 1, False
+            unrewarded = 0 if reward > 0 else unrewarded + 1
             if record:
                 frames.append(obs)
-            if terminated or truncated:
+            if terminated or truncated or unrewarded == self.spec.patience:
                 break
         return ret, (np.stack(frames) if record else None)
 

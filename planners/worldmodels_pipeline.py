@@ -569,6 +569,7 @@ def rollout_spec(cfg: WorldModelsConfig, run_dir: Path, mode: str) -> RolloutSpe
         mode=mode,
         temperature=cfg.controller.temperature,
         max_steps=cfg.controller.max_steps,
+        patience=cfg.controller.patience if mode == "real" else None,
         initial_mu=initial_mu,
         initial_logvar=initial_logvar,
     )
@@ -586,7 +587,8 @@ def stage_controller(cfg, run_dir: Path, device, logger) -> dict:
             "and/or --mdnrnn.reward_head true (the dream's episode ends and rewards)"
         )
     spec = rollout_spec(cfg, run_dir, c.mode)
-    real_spec = spec if c.mode == "real" else dataclasses.replace(spec, mode="real")
+    # Evaluations: whole real episodes, whatever the training rollouts' patience.
+    real_spec = dataclasses.replace(spec, mode="real", patience=None)
     m = spec.mdnrnn
     dim = num_params(m["z_dim"] + m["cfg"]["hidden"], m["action_dim"])
     path = run_dir / "controller.pt"
@@ -606,7 +608,7 @@ def stage_controller(cfg, run_dir: Path, device, logger) -> dict:
 
     def evaluate() -> float:
         seeds = 10**6 + cfg.seed * 10**5 + np.arange(c.eval_episodes)  # apart from training's
-        if c.mode == "real":
+        if c.mode == "real" and c.patience is None:  # the training rollouts' workers will do
             returns = evaluator.returns(search.mean[None], seeds)
         else:
             with Evaluator(real_spec, c.workers, cfg.mp_context) as real:

@@ -152,3 +152,34 @@ def test_parallel_workers_match_in_process_rollouts():
     assert got.shape == (3, 2)
     np.testing.assert_allclose(got, expected)
     assert len(np.unique(np.round(expected, 6))) > 1  # seeds and candidates do differ
+
+
+class ScriptedEnv:
+    """Blank 64 x 64 frames and a fixed reward sequence, never ending by itself."""
+
+    rewards = [1.0, -0.1, -0.1, 2.0, -0.1, -0.1, -0.1, 5.0, -0.1, -0.1]
+
+    def reset(self, seed=None):
+        self.t = 0
+        return np.zeros((64, 64, 3), np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros((64, 64, 3), np.uint8), self.rewards[self.t - 1], False, False, {}
+
+
+def test_patience_ends_real_rollouts_after_unrewarded_steps():
+    """Patience 3 stops at the third non-positive reward in a row (step 7): 1 - 0.2 + 2 - 0.3;
+    patience 4 reaches the 5 at step 8 and stops at step 10's end of the script (max_steps);
+    without patience only max_steps stops it."""
+    params = np.zeros(num_params(8 + 16, 3))
+    returns = {
+        patience: Rollouts(spec("real", max_steps=10, patience=patience), ScriptedEnv()).real(
+            params, seed=0
+        )[0]
+        for patience in (3, 4, None)
+    }
+    assert returns[3] == pytest.approx(2.5)
+    assert returns[4] == pytest.approx(7.3) == returns[None]
+    with pytest.raises(ValueError, match="patience"):
+        ControllerConfig(patience=0)

@@ -2,6 +2,7 @@
 a resume that skips finished stages (their checkpoints untouched), stage prerequisites, the
 rendering loader, and the script's --help."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -136,6 +137,28 @@ def test_a_larger_budget_searches_on(run, tmp_path):
     # one more generation from the saved search, not three from scratch
     assert ControllerSearch.from_bytes(before).generation == 2
     assert [r["step"] for r in read_metrics(logdir) if "controller/sigma" in r] == [1, 2, 3]
+
+
+def test_evaluations_ignore_the_training_rollouts_patience(run, tmp_path):
+    """With patience 1 the training rollouts stop at the first step without reward, but the
+    evaluation at generation 3 plays the whole (4-step) episode: its return is the one an
+    independent whole rollout of the saved mean gets, not the patient one."""
+    from planners.controller import Rollouts
+    from planners.worldmodels_pipeline import rollout_spec
+
+    logdir = tmp_path / "copy"
+    shutil.copytree(run[0], logdir)
+    cfg = tiny(logdir)
+    cfg.controller.generations, cfg.controller.patience = 3, 1
+    train_worldmodels(cfg, resume=True)
+    mean = load_checkpoint(logdir / "controller.pt")["mean"].numpy()
+    spec = rollout_spec(cfg, logdir, "real")
+    assert spec.patience == 1
+    seed = 10**6  # the first evaluation seed (seed 0)
+    whole = Rollouts(dataclasses.replace(spec, patience=None)).real(mean, seed)[0]
+    patient = Rollouts(spec).real(mean, seed)[0]
+    assert patient != pytest.approx(whole)  # the check can tell the two apart
+    assert read_metrics(logdir)[-1]["eval/return"] == pytest.approx(whole)
 
 
 def test_metrics_and_gifs(run):
