@@ -330,7 +330,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         # Policy step k (counted over all envs, from the replay's committed steps on) is
         # followed by train_steps updates when k % train_every == 0 (danijar's Every).
         first, base = replay.total_steps, collector.steps
-        start, taken_since, updates_since = time.perf_counter(), 0, 0
+        start, taken_since = time.perf_counter(), 0
         while env_steps() < cfg.steps:
             before = collector.steps
             finished = collector.run(act, steps=1)  # one vector step
