@@ -39,7 +39,7 @@ from torch import nn
 from planners.cem import map_state
 from worldmodels.dreamer import autocast, make_optimizer, straight_through_onehot
 from worldmodels.nets import gaussian_nll, mlp
-from worldmodels.rssm import check_finite, compile_methods, metric_floats
+from worldmodels.rssm import compile_methods, settle_metrics
 
 
 @dataclass
@@ -362,11 +362,7 @@ class ActorCritic(nn.Module):
             imag_reward=seq["reward"].mean(),
             critic_target=target.mean(),
         )
-        if sync:
-            out = metric_floats(metrics)  # the one host sync of the update
-            check_finite(out, "actor-critic loss or gradient", "lower --ac.actor-lr")
-        else:
-            out = {k: v.detach() for k, v in metrics.items()}
+        out = settle_metrics(metrics, sync, "actor-critic loss or gradient", "lower --ac.actor-lr")
         self.actor_opt.step()
         self.critic_opt.step()
         self.update_slow_target()

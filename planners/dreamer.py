@@ -26,7 +26,7 @@ from planners.cem import map_state
 from planners.planet import env_action_repeat, run_episode
 from planners.runs import LoadedRun, open_replay, openloop_frames, replay_checkpoint
 from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig, make_optimizer
-from worldmodels.rssm import check_finite, metric_floats
+from worldmodels.rssm import check_finite
 
 
 @dataclass
@@ -263,15 +263,16 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     # host once per logged episode (`mean_metrics`), which is also where a non-finite update is
     # caught: always before the checkpoint that would save it.
     update = make_update(model, ac, optimizer, device, sync=False)
-    sums: dict[str, torch.Tensor] = {}
+    sums: dict = {}  # "keys": the metric names, "sum": their running sums (K,) on the device
     counts = {"updates": 0, "since": env_steps()}
 
     def train(n: int) -> None:
         model.train()
         for _ in range(n):
             metrics = update(replay.sample(cfg.batch_size, cfg.batch_length))
-            for k, v in metrics.items():
-                sums[k] = sums[k] + v if k in sums else v.float()
+            values = torch.stack([v.float() for v in metrics.values()])  # one add per update
+            sums["sum"] = sums["sum"] + values if sums else values
+            sums["keys"] = list(metrics)
             counts["updates"] += 1
         model.eval()
 
@@ -279,7 +280,8 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         """The mean of each metric since the last call (one host sync); raises
         FloatingPointError if any update in between was not finite."""
         n, since = max(counts["updates"], 1), counts["since"]
-        means = {k: v / n for k, v in metric_floats(sums).items()} if sums else {}
+        totals = sums["sum"].tolist() if sums else []
+        means = {k: v / n for k, v in zip(sums.get("keys", []), totals, strict=True)}
         sums.clear()
         counts["updates"], counts["since"] = 0, env_steps()
         check_finite(

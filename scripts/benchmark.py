@@ -90,12 +90,13 @@ def bench_replay(capacity: int, batch: int, length: int, repeats: int) -> dict:
     }
 
 
-def timed(fn, device: str, repeats: int) -> float:
+def timed(fn, device: str, repeats: int, warmup: bool = True) -> float:
     """Median milliseconds of `repeats` calls of fn after one untimed warm-up call (allocator,
-    kernels), synchronising CUDA around each."""
+    kernels; skipped without `warmup`), synchronising CUDA around each."""
     import torch
 
-    fn()
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         if device.startswith("cuda"):
@@ -154,13 +155,9 @@ def bench_dreamer(device: str, repeats: int, compile: bool = False) -> dict:
             update = make_update(model, ac, optimizer, device, sync=False)
             key = f"update_16x50_{name}{suffix}"
             out[f"{key}_ms"] = timed(lambda u=update, b=batch: u(b), device, repeats)
-            sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-            sync()
-            start = time.perf_counter()
-            for _ in range(repeats):
-                update(batch)
-            sync()
-            out[f"{key}_updates_per_s"] = repeats / (time.perf_counter() - start)
+            in_a_row = timed(lambda u=update, b=batch: [u(b) for _ in range(repeats)], device,
+                             1, warmup=False)  # fmt: skip
+            out[f"{key}_updates_per_s"] = 1e3 * repeats / in_a_row
     return out
 
 

@@ -166,12 +166,9 @@ class RecurrentStateSpaceModel(nn.Module):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         metrics["grad_norm"] = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.grad_clip)
-        if not sync:
-            optimizer.step()
-            return {k: v.detach() for k, v in metrics.items()}
-        out = metric_floats(metrics)  # the one host sync of the step
-        check_finite(
-            out,
+        out = settle_metrics(
+            metrics,
+            sync,
             f"{type(self).__name__} loss or gradient",
             "lower the learning rate or check the batch for NaN observations or rewards",
         )
@@ -387,6 +384,17 @@ def metric_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     """Scalar tensors -> floats in one device-to-host copy."""
     values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
     return dict(zip(metrics, values, strict=True))
+
+
+def settle_metrics(metrics: dict[str, torch.Tensor], sync: bool, what: str, fix: str) -> dict:
+    """An update's metrics before its optimizer step: with `sync`, floats in one host sync,
+    raising FloatingPointError (see `check_finite`) so that a non-finite update never reaches
+    the weights; without it, detached device tensors, nothing waiting for the device."""
+    if not sync:
+        return {k: v.detach() for k, v in metrics.items()}
+    out = metric_floats(metrics)
+    check_finite(out, what, fix)
+    return out
 
 
 def check_finite(metrics: dict[str, float], what: str, fix: str) -> None:
