@@ -157,6 +157,42 @@ def test_actor_learns_the_best_action_on_a_toy_model(grad):
     assert np.isfinite(metrics["critic_loss"]) and int(ac.updates) == 40
 
 
+class Regulator(nn.Module):
+    """x' = x + a / 2, reward = -x^2: from x the best action is a = -2x (clipped to [-1, 1]),
+    which brings x to 0 in one step and keeps it there."""
+
+    def img_step(self, state, action):
+        return {"x": state["x"] + 0.5 * action}
+
+    def features(self, state):
+        return state["x"]
+
+    def reward(self, state):
+        return -(state["x"][..., 0] ** 2)
+
+    def continuation(self, state):
+        return torch.ones_like(state["x"][..., 0])
+
+
+def test_actor_learns_a_state_dependent_optimum_inside_the_bounds():
+    """An optimum that is not an action bound, and depends on the state: the actor's mode must
+    land on -2x (within 0.1) for |x| < 1/2, and near the bound beyond. An actor pushed the wrong
+    way ends at one bound, and one whose gradient does not reach it through the imagined
+    dynamics stays near 0."""
+    torch.manual_seed(0)
+    cfg = ActorCriticConfig(
+        layers=2, units=32, horizon=5, actor_lr=1e-3, critic_lr=1e-3, slow_target_update=10
+    )
+    ac = ActorCritic(1, 1, cfg)
+    for _ in range(300):
+        ac.update(Regulator(), {"x": torch.rand(16, 8, 1) * 2 - 1})
+    x = torch.tensor([-0.8, -0.3, -0.1, 0.1, 0.3, 0.8])[:, None]
+    mode = ac.act(x, sample=False)[:, 0]
+    best = (-2 * x[:, 0]).clamp(-1, 1)
+    assert torch.allclose(mode[1:-1], best[1:-1], atol=0.1), mode
+    assert mode[0] > 0.85 and mode[-1] < -0.85, mode
+
+
 def test_slow_target_is_copied_every_n_updates():
     ac = ActorCritic(1, 1, small(horizon=3, slow_target_update=3, critic_lr=1e-2))
     start = {"x": torch.zeros(4, 2, 1)}
