@@ -15,6 +15,7 @@ steps, as in the paper's plots.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -292,6 +293,17 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         )
         return means
 
+    def openloop_gif() -> None:
+        """The open-loop video of the newest replay episode (pixel models)."""
+        if not model.pixels:
+            return
+        ep = replay.last_episode()
+        actions = np.concatenate([np.zeros_like(ep["actions"][:1]), ep["actions"]])
+        frames = openloop_frames(
+            model, ep["observations"], actions, cfg.openloop_context, cfg.openloop_horizon
+        )
+        logger.video(env_steps(), "openloop", frames)
+
     def evaluate() -> float:
         returns = []
         for _ in range(cfg.eval_episodes):
@@ -360,19 +372,26 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
                 row["eval/return"] = eval_return
             logger.log(env_steps(), row)
             gif_due = cfg.gif_every and episodes % cfg.gif_every < len(finished)
-            if model.pixels and (gif_due or done):
-                ep = replay.last_episode()
-                actions = np.concatenate([np.zeros_like(ep["actions"][:1]), ep["actions"]])
-                frames = openloop_frames(
-                    model, ep["observations"], actions, cfg.openloop_context,
-                    cfg.openloop_horizon,
-                )  # fmt: skip
-                logger.video(env_steps(), "openloop", frames)
+            if gif_due or done:
+                openloop_gif()
             if finished_since >= cfg.checkpoint_every or done:
                 checkpoint()
                 finished_since = 0
             bar.update(env_steps() - bar.n)
             bar.set_postfix(ret=f"{train_return:.1f}", updates=int(ac.updates))
+        if episodes == 0 and last_eval < replay.total_steps:
+            # The prefill's whole episodes used the budget (several envs, a small --steps):
+            # the run still ends with its evaluation, GIF and checkpoint.
+            warnings.warn(
+                f"the prefill ({replay.total_steps} policy steps in whole episodes of "
+                f"{cfg.num_envs} env(s)) used the whole budget of {cfg.steps} env steps, so "
+                "no training episode ran; raise --steps",
+                stacklevel=2,
+            )
+            eval_return, last_eval = evaluate(), replay.total_steps
+            logger.log(env_steps(), {"eval/return": eval_return})
+            openloop_gif()
+            checkpoint()
     finally:
         bar.close()
         logger.close()

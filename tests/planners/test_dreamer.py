@@ -139,6 +139,25 @@ def test_vectorised_collection_keeps_the_update_ratio(tmp_path):
     assert not np.allclose(episodes[2]["observations"], episodes[3]["observations"])
 
 
+def test_a_budget_the_prefill_uses_up_still_ends_with_evaluation_gif_and_checkpoint(tmp_path):
+    """Two envs finish their prefill episodes together (250 policy steps, 2000 env steps), which
+    is the whole budget: no training episode runs, and the run says so, but it still leaves
+    its evaluation, open-loop GIF and checkpoint. Resuming the finished run adds nothing."""
+    run = tmp_path / "run"
+    cfg = tiny(run, num_envs=2, obs_type="pixels", openloop_context=5, openloop_horizon=10)
+    with pytest.warns(UserWarning, match="used the whole budget of 2000 env steps"):
+        summary = train_dreamer(cfg)
+    assert summary["episodes"] == 0 and summary["env_steps"] == 2000 and summary["updates"] == 2
+    rows = read_metrics(run)
+    assert [sorted(r) for r in rows] == [["prefill/return", "step"], ["eval/return", "step"]]
+    assert rows[1]["step"] == 2000 and summary["eval_return"] == rows[1]["eval/return"]
+    assert [g.name for g in (run / "gifs").glob("openloop_*.gif")] == ["openloop_00002000.gif"]
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["env_steps"] == 2000 and state["last_eval"] == 250
+    train_dreamer(cfg, resume=True)
+    assert len(read_metrics(run)) == 2
+
+
 def test_defaults_presets_and_help():
     cfg = DreamerConfig()
     assert (cfg.batch_size, cfg.batch_length, cfg.train_every, cfg.prefill, cfg.pretrain) == (
