@@ -138,7 +138,8 @@ def type_name(tp) -> str:
     if origin is Literal:
         name = "|".join(map(str, typing.get_args(inner)))
     elif origin in (tuple, list):
-        name = f"{origin.__name__}[{', '.join(type_name(a) for a in typing.get_args(inner))}]"
+        args = ("..." if a is Ellipsis else type_name(a) for a in typing.get_args(inner))
+        name = f"{origin.__name__}[{', '.join(args)}]"
     else:
         name = getattr(inner, "__name__", str(inner))
     return name + (" or none" if optional else "")
@@ -279,7 +280,9 @@ def build_parser(cls: type, presets: Mapping[str, Mapping] | None, description: 
         if inner is bool:
             kwargs.update(nargs="?", const="true")
         elif typing.get_origin(inner) in (tuple, list):
-            kwargs.update(nargs="+")
+            items = {a for a in typing.get_args(inner) if a is not Ellipsis}
+            item = type_name(items.pop()) if len(items) == 1 else "value"
+            kwargs.update(nargs="+", metavar=item.upper())  # --stages STR [STR ...]
         helptext = f.metadata.get("help", comments.get(path, ""))
         default = get_path(defaults, path)
         shown = "none" if default is None else json.dumps(default)

@@ -155,3 +155,5 @@ def test_help_lists_every_field_with_its_default(capsys):
     for flag in ("--model.free_nats", "--model.free-nats", "--dataset-id", "--preset", "--resume"):
         assert flag in out
     assert "[3.0]" in out and "[[64, 64]]" in out and "deterministic GRU state [200]" in out
+    # list flags name their items' type
+    assert "--layers INT [INT ...]" in out and "--size INT [INT ...]" in out
