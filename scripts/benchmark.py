@@ -109,6 +109,37 @@ def timed(fn, device: str, repeats: int, warmup: bool = True) -> float:
     return 1e3 * float(np.median(times))
 
 
+# Operators that only make views, allocate or read metadata: no kernel runs for them.
+NO_KERNEL_OPS = frozenset(
+    f"aten::{name}"
+    for name in (
+        "as_strided alias view _unsafe_view _reshape_alias reshape view_as flatten unflatten "
+        "expand expand_as t transpose permute movedim select slice narrow split split_with_sizes "
+        "chunk unbind squeeze unsqueeze squeeze_ unsqueeze_ detach detach_ lift_fresh to "
+        "_to_copy_noop contiguous resolve_conj resolve_neg empty empty_like empty_strided set_ "
+        "result_type is_nonzero item _local_scalar_dense _has_compatible_shallow_copy_type"
+    ).split()
+)
+
+
+def dispatched_ops(fn) -> int:
+    """How many operators that run a kernel one call of fn dispatches: aten calls that are not
+    views or allocations and call no such operator themselves (a composite like `matmul`
+    counts through the `mm` it calls). On a GPU, about the call's kernel launches."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def runs_kernel(event) -> bool:
+        return event.name.startswith("aten::") and event.name not in NO_KERNEL_OPS
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(
+        1
+        for e in prof.events()
+        if runs_kernel(e) and not any(runs_kernel(c) for c in e.cpu_children)
+    )
+
+
 def bench_planet(device: str, repeats: int) -> dict:
     """PlaNet at the paper's sizes: one RSSM update on a 50 x 50 batch of 64 x 64 pixels (Adam
     step included), and one CEM action (1000 candidates x horizon 12 x 10 iterations)."""
@@ -140,7 +171,8 @@ def bench_dreamer(device: str, repeats: int, compile: bool = False) -> dict:
     pixels and on a 5-dim state vector (dmc_proprio's MLP encoder and decoder). The update is
     the training loop's, which never waits for the device: `*_ms` is one update with the device
     synchronised around it, `*_updates_per_s` the rate of `repeats` updates in a row, as in
-    training. With `compile`, also with the per-step functions torch.compile'd."""
+    training, `*_ops` the operators one eager update dispatches (`dispatched_ops`). With
+    `compile`, also with the per-step functions torch.compile'd."""
     import torch
 
     from planners.dreamer import DreamerConfig, make_update, random_batch, setup_update
@@ -158,6 +190,8 @@ def bench_dreamer(device: str, repeats: int, compile: bool = False) -> dict:
             in_a_row = timed(lambda u=update, b=batch: [u(b) for _ in range(repeats)], device,
                              1, warmup=False)  # fmt: skip
             out[f"{key}_updates_per_s"] = 1e3 * repeats / in_a_row
+            if not compiled:
+                out[f"{key}_ops"] = dispatched_ops(lambda u=update, b=batch: u(b))
     return out
 
 

@@ -66,3 +66,21 @@ def test_collect_smoke_resume_and_export(tmp_path, monkeypatch):
 
     with pytest.raises(CheckpointError, match="env: checkpoint 'dmc:cartpole-swingup', this run"):
         collect("--logdir", logdir, "--resume", "--env", "dmc:walker-walk")
+
+
+def test_benchmark_counts_the_operators_that_run_kernels():
+    """`dispatched_ops` counts kernels, not calls: views and allocations are free, a composite
+    (matmul) counts once through what it calls, and a copy made by a reshape counts."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from benchmark import dispatched_ops
+    finally:
+        sys.path.pop(0)
+    a, b = torch.randn(4, 4), torch.randn(4, 4)
+    assert dispatched_ops(lambda: a.view(16).unsqueeze(0).t()) == 0
+    assert dispatched_ops(lambda: a + b) == 1
+    assert dispatched_ops(lambda: (a @ b).relu().sum()) == 3
+    assert dispatched_ops(lambda: a.t().reshape(16)) == 1  # not contiguous: a copy
+    assert dispatched_ops(lambda: [a + b for _ in range(5)]) == 5
