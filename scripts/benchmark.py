@@ -416,8 +416,9 @@ def main(argv=None) -> dict:
         for suffix in ("", "_compiled")[: 1 + args.compile]:
             for name in ("pixels", "state"):
                 key = f"update_16x50_{name}{suffix}"
+                ops = f"  {r[key + '_ops']:6d} kernel ops" if key + "_ops" in r else ""
                 print(f"{name + suffix:16s} {r[key + '_ms']:8.0f} ms  "
-                      f"{r[key + '_updates_per_s']:7.2f} updates/s")  # fmt: skip
+                      f"{r[key + '_updates_per_s']:7.2f} updates/s{ops}")  # fmt: skip
     if "offline" in sections:
         r = bench_offline(args.device, args.offline_updates)
         results["offline"] = r
