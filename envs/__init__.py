@@ -1,12 +1,12 @@
 """Environments, episode replay and Minari datasets: the lowest layer of the toolkit.
 
-    make("dmc:cartpole-swingup")                 pixels (64, 64, 3) uint8, action repeat 8
-    make("dmc:walker-walk", obs_type="state")    flat proprioceptive vector
-    make("gym:Hopper-v5"), make("gym:CarRacing-v3")
-    gymnasium.make("dmc/cartpole-swingup-v0")    the same envs, registered on `import envs`
+make("dmc:cartpole-swingup")                 pixels (64, 64, 3) uint8, action repeat 8
+make("dmc:walker-walk", obs_type="state")    flat proprioceptive vector
+make("gym:Hopper-v5"), make("gym:CarRacing-v3")
+gymnasium.make("dmc/cartpole-swingup-v0")    the same envs, registered on `import envs`
 """
 
-from envs.datasets import (
+from wmrl.envs.datasets import (
     DatasetMismatchError,
     DatasetNotFoundError,
     OfflineDataset,
@@ -15,8 +15,8 @@ from envs.datasets import (
     to_transitions,
     write_dataset,
 )
-from envs.dmc import DMCEnv, RenderBackendError
-from envs.registry import UnknownEnvError, make, make_gym, make_vector, register_all
+from wmrl.envs.dmc import DMCEnv, RenderBackendError
+from wmrl.envs.registry import UnknownEnvError, make, make_gym, make_vector, register_all
 
 register_all()
 

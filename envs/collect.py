@@ -150,10 +150,10 @@ def env_options(cfg: CollectConfig) -> dict:
 
 def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
     """Collect `cfg.episodes` random episodes; resumable. Returns a summary dict."""
-    from envs.datasets import export_replay
-    from envs.registry import make, make_vector
-    from envs.replay import EpisodeReplay
-    from infra import (
+    from wmrl.envs.datasets import export_replay
+    from wmrl.envs.registry import make, make_vector
+    from wmrl.envs.replay import EpisodeReplay
+    from wmrl.infra import (
         Logger,
         load_checkpoint,
         prepare_run_dir,

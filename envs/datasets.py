@@ -32,12 +32,12 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from envs.replay import validate_episode
+from wmrl.envs.replay import validate_episode
 
 if TYPE_CHECKING:
     from gymnasium.envs.registration import EnvSpec
 
-    from envs.replay import EpisodeReplay
+    from wmrl.envs.replay import EpisodeReplay
 
 ID_HELP = "dataset ids look like (namespace/)name-v<version>, e.g. wmrl/cartpole-random-v0"
 # Minari warns about every optional metadata field left empty; for the toolkit they are optional.
@@ -368,7 +368,7 @@ def _make_env(env: gym.Env | str) -> tuple[gym.Env, bool]:
     if not isinstance(env, str):
         return env, False
     if env.startswith(("dmc:", "gym:")):
-        from envs.registry import make
+        from wmrl.envs.registry import make
 
         return make(env), True
     return gym.make(env), True

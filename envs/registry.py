@@ -14,7 +14,7 @@ import functools
 import gymnasium as gym
 import numpy as np
 
-from envs.wrappers import ActionRepeat, PixelObservation, ResizeImage, is_image_space
+from wmrl.envs.wrappers import ActionRepeat, PixelObservation, ResizeImage, is_image_space
 
 # dm_control.suite.ALL_TASKS (dm-control 1.0.50), listed here so that `import envs` registers the
 # gymnasium ids without importing dm-control (and OpenGL); tests check it against the suite.
@@ -52,7 +52,7 @@ def register_dmc(domain: str, task: str) -> str:
     if gym_id not in gym.registry:
         gym.register(
             id=gym_id,
-            entry_point="envs.dmc:DMCEnv",
+            entry_point="wmrl.envs.dmc:DMCEnv",
             kwargs={"domain": domain, "task": task},
             # DMCEnv ends episodes itself at 1000 env steps (truncated), whatever the repeat.
             max_episode_steps=None,
@@ -69,13 +69,13 @@ def register_all() -> None:
 def parse_dmc_id(name: str) -> tuple[str, str]:
     """`"cartpole-swingup"` -> ("cartpole", "swingup"); `"cup-catch"` -> ("ball_in_cup",
     "catch")."""
-    from envs.dmc import DOMAIN_ALIASES
+    from wmrl.envs.dmc import DOMAIN_ALIASES
 
     domain, sep, task = name.partition("-")
     domain = DOMAIN_ALIASES.get(domain, domain)
     known = {f"{d}-{t}" for d, t in DMC_TASKS}
     if not sep or f"{domain}-{task}" not in known:
-        from envs.dmc import import_suite
+        from wmrl.envs.dmc import import_suite
 
         # A newer dm-control may have tasks the list above lacks.
         if sep and (domain, task) in import_suite().ALL_TASKS:

@@ -2,7 +2,7 @@
 command-line overrides and presets, the logger (TensorBoard, metrics.jsonl, GIFs), progress bars,
 atomic checkpoints and run directories, seeding and device choice."""
 
-from infra.checkpoint import (
+from wmrl.infra.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
     load_checkpoint,
@@ -10,7 +10,7 @@ from infra.checkpoint import (
     read_meta,
     save_checkpoint,
 )
-from infra.config import (
+from wmrl.infra.config import (
     ConfigError,
     apply_overrides,
     atomic_write_bytes,
@@ -20,8 +20,8 @@ from infra.config import (
     save_config,
     to_dict,
 )
-from infra.logger import Logger, encode_gif, progress, read_metrics
-from infra.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+from wmrl.infra.logger import Logger, encode_gif, progress, read_metrics
+from wmrl.infra.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
 __all__ = [
     "CHECKPOINT_FILE",

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from infra.config import CONFIG_FILE
+from wmrl.infra.config import CONFIG_FILE
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = "wmrl-checkpoint"

@@ -21,7 +21,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 
-from infra.config import atomic_write_bytes, atomic_write_text
+from wmrl.infra.config import atomic_write_bytes, atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
 GIF_DIR = "gifs"

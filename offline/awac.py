@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from offline.common import EnsembleCritic, GaussianActor, OfflineAlgorithm, floats, soft_update
+from wmrl.offline.common import EnsembleCritic, GaussianActor, OfflineAlgorithm, floats, soft_update
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from offline.common import DeterministicActor, OfflineAlgorithm, floats
+from wmrl.offline.common import DeterministicActor, OfflineAlgorithm, floats
 
 
 @dataclass

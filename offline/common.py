@@ -17,7 +17,7 @@ A batch is a dict of tensors on the algorithm's device, states already normalise
 
 Every config has `batch_size`, `hidden`, `normalize_states` (z-score states with the dataset's
 statistics, in evaluation too) and `normalize_reward` (IQL's locomotion scaling, rewards times
-1000 / (max return - min return)); the training loop (`offline.train`) reads them.
+1000 / (max return - min return)); the training loop (`offline.trainer`) reads them.
 
 Ensembles (the critics of every algorithm, SAC-N's and EDAC's N critics) are one batched module
 with the members as a leading dimension, never a Python loop over members.
@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.nets import EnsembleLayerNorm, EnsembleLinear, mlp
-from worldmodels.rssm import metric_floats as floats  # scalar tensors -> floats, one sync
+from wmrl.worldmodels.nets import EnsembleLayerNorm, EnsembleLinear, mlp
+from wmrl.worldmodels.rssm import metric_floats as floats  # scalar tensors -> floats, one sync
 
 __all__ = [
     "DeterministicActor",

@@ -37,7 +37,7 @@ class CompareConfig:
     steps: int = 1_000_000  # gradient steps per run
     eval_every: int = 5000
     eval_episodes: int = 10
-    preset: str = "default"  # an offline.train preset for every run ("smoke" for a dry run)
+    preset: str = "default"  # an offline.trainer preset for every run ("smoke" for a dry run)
     device: str = "auto"
     logdir: str = "runs/compare"
     out: str = ""  # output path without suffix; empty: <logdir>/comparison
@@ -54,8 +54,8 @@ def run_dir_for(root: Path, algo: str, dataset: str, seed: int) -> Path:
 
 def run_grid(cfg: CompareConfig) -> list[Path]:
     """Train every (algo, dataset, seed) not yet finished; returns their run directories."""
-    from infra import apply_overrides
-    from offline.train import ALGORITHMS, PRESETS, OfflineConfig, train_offline
+    from wmrl.infra import apply_overrides
+    from wmrl.offline.trainer import ALGORITHMS, PRESETS, OfflineConfig, train_offline
 
     if cfg.preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {cfg.preset!r}")
@@ -89,7 +89,7 @@ def run_grid(cfg: CompareConfig) -> list[Path]:
 
 
 def _last_step(run_dir: Path) -> int:
-    from infra import read_metrics
+    from wmrl.infra import read_metrics
 
     rows = read_metrics(run_dir)
     return max((r["step"] for r in rows), default=0)
@@ -98,7 +98,7 @@ def _last_step(run_dir: Path) -> int:
 def read_run(run_dir: Path) -> dict | None:
     """(algo, dataset, seed, eval curve, wall time) of a run directory, or None if it has no
     evaluations. The curve is the normalised score where the run has one, else the return."""
-    from infra import read_metrics
+    from wmrl.infra import read_metrics
 
     cfg_file = run_dir / "config.json"
     if not cfg_file.exists():
@@ -184,7 +184,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
 def compare_offline(cfg: CompareConfig) -> list[dict]:
     """Run the grid (unless `cfg.run` is false), then write the table and the plot."""
-    from infra import atomic_write_text
+    from wmrl.infra import atomic_write_text
 
     root = Path(cfg.logdir)
     if cfg.run and cfg.datasets:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from offline.common import (
+from wmrl.offline.common import (
     EnsembleCritic,
     EnsembleLinear,
     OfflineAlgorithm,

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from offline.common import EnsembleCritic
-from offline.sacn import SACN, SACNConfig
+from wmrl.offline.common import EnsembleCritic
+from wmrl.offline.sacn import SACN, SACNConfig
 
 
 @dataclass

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from offline.common import (
+from wmrl.offline.common import (
     DeterministicActor,
     EnsembleCritic,
     GaussianActor,

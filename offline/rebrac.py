@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from offline.common import (
+from wmrl.offline.common import (
     DeterministicActor,
     EnsembleCritic,
     EnsembleLayerNorm,

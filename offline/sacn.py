@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from offline.common import (
+from wmrl.offline.common import (
     EnsembleCritic,
     EnsembleLinear,
     OfflineAlgorithm,

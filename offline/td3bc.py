@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from offline.common import DeterministicActor, EnsembleCritic, OfflineAlgorithm, floats, soft_update
+from wmrl.offline.common import (
+    DeterministicActor,
+    EnsembleCritic,
+    OfflineAlgorithm,
+    floats,
+    soft_update,
+)
 
 
 @dataclass

@@ -1,30 +1,21 @@
 """What chooses actions with a model: CEM-MPC, CMA-ES controllers, the imagination actor-critic
-and NPG. Planners see models only through `worldmodels.WorldModel`."""
+and NPG. Planners see models only through `worldmodels.WorldModel`.
 
-from planners.actor_critic import ActorCritic, ActorCriticConfig, lambda_return
-from planners.cem import CEMConfig, Planner, cem_plan
-from planners.controller import ControllerConfig, ControllerSearch, LinearController
-from planners.dreamer import PRESETS as DREAMER_PRESETS
-from planners.dreamer import DreamerConfig, train_dreamer
-from planners.planet import PRESETS as PLANET_PRESETS
-from planners.planet import PlaNetConfig, train_planet
-from planners.worldmodels_pipeline import PRESETS as WORLDMODELS_PRESETS
-from planners.worldmodels_pipeline import WorldModelsConfig, train_worldmodels
+The online methods that put a model and a planner in a training loop (PlaNet, DreamerV2, World
+Models) sit in `planners.methods`."""
 
-__all__ = ["PLANET_PRESETS", "CEMConfig", "PlaNetConfig", "Planner", "cem_plan", "train_planet"]
-__all__ += [
-    "WORLDMODELS_PRESETS",
+from wmrl.planners.actor_critic import ActorCritic, ActorCriticConfig, lambda_return
+from wmrl.planners.cem import CEMConfig, Planner, cem_plan
+from wmrl.planners.controller import ControllerConfig, ControllerSearch, LinearController
+
+__all__ = [
+    "ActorCritic",
+    "ActorCriticConfig",
+    "CEMConfig",
     "ControllerConfig",
     "ControllerSearch",
     "LinearController",
-    "WorldModelsConfig",
-    "train_worldmodels",
-]
-__all__ += [
-    "DREAMER_PRESETS",
-    "ActorCritic",
-    "ActorCriticConfig",
-    "DreamerConfig",
+    "Planner",
+    "cem_plan",
     "lambda_return",
-    "train_dreamer",
 ]

@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from planners.cem import map_state
-from worldmodels.dreamer import autocast, make_optimizer, straight_through_onehot
-from worldmodels.nets import gaussian_nll, mlp
-from worldmodels.rssm import compile_methods, settle_metrics
+from wmrl.planners.cem import map_state
+from wmrl.worldmodels.categorical_rssm import autocast, make_optimizer, straight_through_onehot
+from wmrl.worldmodels.nets import gaussian_nll, mlp
+from wmrl.worldmodels.rssm import compile_methods, settle_metrics
 
 
 @dataclass

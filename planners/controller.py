@@ -179,8 +179,8 @@ class RolloutSpec:
 
 def build_model(spec: RolloutSpec, device="cpu"):
     """The WorldModels adapter described by `spec`, in eval mode."""
-    from worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
-    from worldmodels.vae import ConvVAE
+    from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
+    from wmrl.worldmodels.vae import ConvVAE
 
     vae = ConvVAE(**spec.vae["kwargs"])
     vae.load_state_dict(spec.vae["state"])
@@ -201,7 +201,7 @@ class Rollouts:
         self.model = build_model(spec)
         self.env = env
         if spec.mode == "real" and env is None:
-            from envs import make
+            from wmrl.envs import make
 
             self.env = make(spec.env_id, **spec.env_options)
 

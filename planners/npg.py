@@ -20,7 +20,7 @@ log_std is projected into [min_log_std, max_log_std] and the baseline is refitte
 discounted returns (mjrl's order: advantages come from the baseline of the previous iteration).
 
 Paths are padded batches (B paths, at most T steps; `sample_paths` collects them from a vector
-env with next-step autoreset, such as `offline.pmdp.PessimisticMDP`):
+env with next-step autoreset, such as `offline.morel.pmdp.PessimisticMDP`):
 
     observations  s_0  s_1  ...  s_(L-1)  s_L   pad     (B, T + 1, S): s_L is the last state
     actions       a_0  a_1  ...  a_(L-1)  pad           (B, T, A)
@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
-from worldmodels.rssm import metric_floats as floats  # scalar tensors -> floats, one sync
+from wmrl.worldmodels.rssm import metric_floats as floats  # scalar tensors -> floats, one sync
 
 
 @dataclass
@@ -526,7 +526,8 @@ class NPG(nn.Module):
 def sample_paths(env, policy, deterministic: bool = False, max_steps: int | None = None):
     """One episode in each of a vector env's N sub-envs, as padded paths (module diagram).
 
-    `env` is a torch vector env with next-step autoreset (`offline.pmdp.PessimisticMDP`): reset()
+    `env` is a torch vector env with next-step autoreset (`offline.morel.pmdp.PessimisticMDP`):
+    reset()
     -> (obs (N, S), info); step(actions (N, A)) -> obs, reward, terminated, truncated (N,) each,
     info. Steps continue until every sub-env has ended once (or `max_steps`, default
     `env.horizon`); what an env does after its episode is masked out. If the env reports

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-import envs
-from envs.replay import EpisodeReplay
+from wmrl import envs
+from wmrl.envs.replay import EpisodeReplay
 
 RENDER_TASKS = ("dmc:cartpole-swingup", "dmc:walker-walk", "dmc:cheetah-run")
 
@@ -145,8 +145,8 @@ def bench_planet(device: str, repeats: int) -> dict:
     step included), and one CEM action (1000 candidates x horizon 12 x 10 iterations)."""
     import torch
 
-    from planners.cem import CEMConfig, cem_plan
-    from worldmodels.rssm import RSSM, make_optimizer
+    from wmrl.planners.cem import CEMConfig, cem_plan
+    from wmrl.worldmodels.rssm import RSSM, make_optimizer
 
     torch.manual_seed(0)
     model = RSSM((64, 64, 3), 1).to(device)
@@ -175,7 +175,7 @@ def bench_dreamer(device: str, repeats: int, compile: bool = False) -> dict:
     `compile`, also with the per-step functions torch.compile'd."""
     import torch
 
-    from planners.dreamer import DreamerConfig, make_update, random_batch, setup_update
+    from wmrl.planners.methods.dreamer import DreamerConfig, make_update, random_batch, setup_update
 
     out = {"device": device}
     for suffix, compiled in (("", False), ("_compiled", True))[: 1 + compile]:
@@ -200,7 +200,7 @@ def bench_offline(device: str, updates: int) -> dict:
     Hopper's dimensions (11-dim states, 3-dim actions), random batches already on the device."""
     import torch
 
-    from offline.train import ALGORITHMS, OfflineConfig
+    from wmrl.offline.trainer import ALGORITHMS, OfflineConfig
 
     out = {"device": device}
     for name, cls in ALGORITHMS.items():
@@ -229,8 +229,8 @@ def bench_ensemble(device: str, steps: int = 20, repeats: int = 3) -> dict:
     sizes (same inputs, same squared-error loss)."""
     import torch
 
-    from worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
-    from worldmodels.nets import mlp
+    from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
+    from wmrl.worldmodels.nets import mlp
 
     S, A, K = 11, 3, 100_000
     torch.manual_seed(0)
@@ -275,9 +275,9 @@ def bench_pmdp(device: str, steps: int = 50, num_envs: int = 200) -> dict:
     import gymnasium as gym
     import torch
 
-    from offline.morel import MemberModel
-    from offline.pmdp import PessimisticMDP
-    from worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
+    from wmrl.offline.morel.pmdp import PessimisticMDP
+    from wmrl.offline.morel.train import MemberModel
+    from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
 
     torch.manual_seed(0)
     ensemble = DynamicsEnsemble(11, 3, EnsembleConfig()).to(device).eval()
@@ -301,7 +301,7 @@ def bench_npg(device: str, paths: int = 200, horizon: int = 700, repeats: int = 
     import torch
     from torch.nn.utils import parameters_to_vector
 
-    from planners.npg import NPG, fisher_operator
+    from wmrl.planners.npg import NPG, fisher_operator
 
     torch.manual_seed(0)
     npg = NPG(11, 3).to(device)

@@ -6,8 +6,8 @@
     python scripts/collect.py --logdir runs/collect --resume        # continue an interrupted run
 """
 
-from envs.collect import COLLECT_PRESETS, CollectConfig, run_collect
-from infra import parse_config
+from wmrl.envs.collect import COLLECT_PRESETS, CollectConfig, run_collect
+from wmrl.infra import parse_config
 
 
 def main(argv=None):

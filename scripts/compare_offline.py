@@ -9,8 +9,8 @@ mean ± std over seeds, of the last and the best evaluation; steps; wall time) a
 (learning curves); --out defaults to <logdir>/comparison.
 """
 
-from infra import parse_config
-from offline.compare import CompareConfig, compare_offline, markdown
+from wmrl.infra import parse_config
+from wmrl.offline.compare import CompareConfig, compare_offline, markdown
 
 
 def main(argv=None):

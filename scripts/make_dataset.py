@@ -1,5 +1,5 @@
 """Make D4RL-style datasets (random, medium, medium-replay, medium-expert, expert) from one online
-SAC run, as Minari datasets with reference scores (see offline/make_dataset.py).
+SAC run, as Minari datasets with reference scores (see offline/datagen/make_dataset.py).
 
     python scripts/make_dataset.py --preset smoke --logdir runs/dataset-smoke
     python scripts/make_dataset.py --env Hopper-v5 --logdir runs/dataset-hopper
@@ -15,8 +15,8 @@ minari.load_dataset(id). The run directory gets config.json, checkpoint.pt, metr
 
 import json
 
-from infra import parse_config
-from offline.make_dataset import PRESETS, MakeDatasetConfig, make_dataset
+from wmrl.infra import parse_config
+from wmrl.offline.datagen.make_dataset import PRESETS, MakeDatasetConfig, make_dataset
 
 
 def main(argv=None):

@@ -7,10 +7,9 @@ prediction from the real actions, beside the truth (rows: truth / model / |error
 
 The real episode is one of the run's saved episodes (`--source replay`, the newest by default)
 or a new one played in the run's env with uniform random actions (`--source env`). Any run whose
-job is registered in `planners.runs.RUN_LOADERS` works. For a MOReL run (scripts/train_morel.py)
-the GIF shows the real rollout of its policy beside the ensemble's imagined one from the same
-start, drawn through MuJoCo, with a red border after HALT (`--horizon` steps).
-"""
+job is registered in `planners.methods.runs.RUN_LOADERS` works. For a MOReL run
+(scripts/train_morel.py) the GIF shows the real rollout of its policy beside the ensemble's imagined
+one from the same start, drawn through MuJoCo, with a red border after HALT (`--horizon` steps)."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from infra import atomic_write_bytes, encode_gif, resolve_device
+from wmrl.infra import atomic_write_bytes, encode_gif, resolve_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def random_episode(env_id: str, env_options: dict, seed: int, steps: int) -> dict:
     """Up to `steps` transitions of uniform random actions in a fresh env (Minari layout)."""
-    from envs import make
+    from wmrl.envs import make
 
     env = make(env_id, seed=seed, **env_options)
     env.action_space.seed(seed)
@@ -65,15 +64,15 @@ def random_episode(env_id: str, env_options: dict, seed: int, steps: int) -> dic
 
 
 def main(argv=None) -> Path:
-    from envs.replay import read_episode
-    from planners.runs import episode_rows, load_run, run_job
+    from wmrl.envs.replay import read_episode
+    from wmrl.planners.methods.runs import episode_rows, load_run, run_job
 
     args = parse_args(argv)
     out = Path(args.out)
     if out.suffix.lower() != ".gif":
         sys.exit(f"--out {out}: the file must end in .gif")
     if run_job(args.run) == "morel":  # states, not frames: rendered through MuJoCo
-        from offline.morel_gif import morel_run_frames
+        from wmrl.offline.morel.gif import morel_run_frames
 
         frames, halted = morel_run_frames(
             args.run, args.horizon, args.seed, device=str(resolve_device(args.device))

@@ -12,8 +12,8 @@ events, replay/ (one npz per episode) and, for pixels, gifs/openloop_*.gif (trut
 |error|).
 """
 
-from infra import parse_config
-from planners.dreamer import PRESETS, DreamerConfig, train_dreamer
+from wmrl.infra import parse_config
+from wmrl.planners.methods.dreamer import PRESETS, DreamerConfig, train_dreamer
 
 
 def main(argv=None):

@@ -21,8 +21,8 @@ metrics.jsonl has one row per real episode (eval/episode_return, pmdp/halt_fract
 imagined candidate step) and the means after the last; --resume continues the episodes.
 """
 
-from infra import parse_config
-from offline.morel import PRESETS, MOReLConfig, train_morel
+from wmrl.infra import parse_config
+from wmrl.offline.morel.train import PRESETS, MOReLConfig, train_morel
 
 
 def main(argv=None):

@@ -13,8 +13,8 @@ The run directory gets config.json, checkpoint.pt, metrics.jsonl (step = gradien
 eval/return, eval/normalized_score) and TensorBoard events.
 """
 
-from infra import parse_config
-from offline.train import PRESETS, OfflineConfig, train_offline
+from wmrl.infra import parse_config
+from wmrl.offline.trainer import PRESETS, OfflineConfig, train_offline
 
 
 def main(argv=None):

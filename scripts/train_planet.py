@@ -10,8 +10,8 @@ The run directory gets config.json, checkpoint.pt, metrics.jsonl (step = env ste
 events, replay/ (one npz per episode) and gifs/openloop_*.gif (truth / model / |error|).
 """
 
-from infra import parse_config
-from planners.planet import PRESETS, PlaNetConfig, train_planet
+from wmrl.infra import parse_config
+from wmrl.planners.methods.planet import PRESETS, PlaNetConfig, train_planet
 
 
 def main(argv=None):

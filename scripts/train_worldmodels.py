@@ -16,8 +16,8 @@ metrics.jsonl, TensorBoard events and gifs/ (vae_recon: real | VAE; mdnrnn_dream
 dream / |error|; controller_real, controller_dream).
 """
 
-from infra import parse_config
-from planners.worldmodels_pipeline import PRESETS, WorldModelsConfig, train_worldmodels
+from wmrl.infra import parse_config
+from wmrl.planners.methods.world_models import PRESETS, WorldModelsConfig, train_worldmodels
 
 
 def main(argv=None):

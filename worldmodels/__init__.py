@@ -1,9 +1,13 @@
 """Dynamics models behind one protocol (`WorldModel`): see worldmodels/protocol.py."""
 
-from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig, kl_balance_loss
-from worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig, usad_threshold
-from worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
-from worldmodels.nets import (
+from wmrl.worldmodels.categorical_rssm import (
+    CategoricalRSSM,
+    CategoricalRSSMConfig,
+    kl_balance_loss,
+)
+from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig, usad_threshold
+from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
+from wmrl.worldmodels.nets import (
     ConvDecoder,
     ConvEncoder,
     EnsembleLayerNorm,
@@ -15,9 +19,9 @@ from worldmodels.nets import (
     postprocess_obs,
     preprocess_obs,
 )
-from worldmodels.protocol import State, WorldModel
-from worldmodels.rssm import RSSM, RSSMConfig, make_optimizer
-from worldmodels.vae import ConvVAE, VAEConfig
+from wmrl.worldmodels.protocol import State, WorldModel
+from wmrl.worldmodels.rssm import RSSM, RSSMConfig, make_optimizer
+from wmrl.worldmodels.vae import ConvVAE, VAEConfig
 
 __all__ = [
     "RSSM",

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.nets import EnsembleLinear
-from worldmodels.protocol import open_loop
+from wmrl.worldmodels.nets import EnsembleLinear
+from wmrl.worldmodels.protocol import open_loop
 
 State = dict[str, torch.Tensor]
 _EPS = 1e-8  # the official code's guard on scales

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.protocol import open_loop
-from worldmodels.vae import ConvVAE
+from wmrl.worldmodels.protocol import open_loop
+from wmrl.worldmodels.vae import ConvVAE
 
 State = dict[str, torch.Tensor]  # "z" (..., z_dim), "h" (..., hidden), "c" (..., hidden)
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)

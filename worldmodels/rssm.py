@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.nets import (
+from wmrl.worldmodels.nets import (
     ConvDecoder,
     ConvEncoder,
     MLPDecoder,
@@ -35,7 +35,7 @@ from worldmodels.nets import (
     postprocess_obs,
     preprocess_obs,
 )
-from worldmodels.protocol import open_loop, stack_states
+from wmrl.worldmodels.protocol import open_loop, stack_states
 
 State = dict[str, torch.Tensor]
 

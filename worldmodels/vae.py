@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from worldmodels.nets import ConvDecoder, ConvEncoder
+from wmrl.worldmodels.nets import ConvDecoder, ConvEncoder
 
 
 @dataclass

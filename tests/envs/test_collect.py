@@ -4,8 +4,8 @@ under gymnasium's next-step autoreset, and the episodes it commits to a replay."
 import gymnasium as gym
 import numpy as np
 
-from envs.collect import Collector
-from envs.replay import EpisodeReplay
+from wmrl.envs.collect import Collector
+from wmrl.envs.replay import EpisodeReplay
 
 
 class Countdown(gym.Env):

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from minari.data_collector import EpisodeBuffer
 
-import envs
-from envs.datasets import (
+from wmrl import envs
+from wmrl.envs.datasets import (
     DatasetMismatchError,
     DatasetNotFoundError,
     OfflineDataset,
@@ -26,8 +26,8 @@ from envs.datasets import (
     to_transitions,
     write_dataset,
 )
-from envs.dmc import DMCEnv
-from envs.replay import KEYS, EpisodeReplay
+from wmrl.envs.dmc import DMCEnv
+from wmrl.envs.replay import KEYS, EpisodeReplay
 
 # envs.make("gym:Pendulum-v1") wraps RescaleAction, which warns about float64 bounds.
 pytestmark = pytest.mark.filterwarnings("ignore:.*precision lowered by casting:UserWarning")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-import envs
-from envs.dmc import PLANET_ACTION_REPEAT
-from envs.registry import DMC_TASKS, UnknownEnvError
-from envs.wrappers import resize_frame
+from wmrl import envs
+from wmrl.envs.dmc import PLANET_ACTION_REPEAT
+from wmrl.envs.registry import DMC_TASKS, UnknownEnvError
+from wmrl.envs.wrappers import resize_frame
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from envs.replay import EpisodeReplay, ReplayFileError
+from wmrl.envs.replay import EpisodeReplay, ReplayFileError
 
 
 def episode(eid, T, terminated=False, pixels=False):

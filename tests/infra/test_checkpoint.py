@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from infra import (
+from wmrl.infra import (
     CheckpointError,
     load_checkpoint,
     prepare_run_dir,

@@ -10,8 +10,8 @@ from typing import Literal
 
 import pytest
 
-from infra import ConfigError, load_config, parse_config, save_config
-from infra.config import from_dict, to_dict
+from wmrl.infra import ConfigError, load_config, parse_config, save_config
+from wmrl.infra.config import from_dict, to_dict
 
 
 @dataclass

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from infra import Logger, read_metrics, resolve_device, seed_everything
+from wmrl.infra import Logger, read_metrics, resolve_device, seed_everything
 
 
 def events(run_dir):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
-from offline.bc import BC, BCConfig
-from offline.common import (
+from wmrl.offline.bc import BC, BCConfig
+from wmrl.offline.common import (
     EnsembleCritic,
     GaussianActor,
     Normalizer,
@@ -17,7 +17,7 @@ from offline.common import (
     TransitionBuffer,
     tanh_log_det,
 )
-from offline.td3bc import TD3BC, TD3BCConfig
+from wmrl.offline.td3bc import TD3BC, TD3BCConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

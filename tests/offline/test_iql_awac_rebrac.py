@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from offline.awac import AWAC, AWACConfig, awac_weights
-from offline.iql import IQL, IQLConfig, advantage_weights, expectile_loss
-from offline.rebrac import ReBRAC, ReBRACConfig
+from wmrl.offline.awac import AWAC, AWACConfig, awac_weights
+from wmrl.offline.iql import IQL, IQLConfig, advantage_weights, expectile_loss
+from wmrl.offline.rebrac import ReBRAC, ReBRACConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

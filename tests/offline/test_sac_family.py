@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from offline.common import EnsembleCritic, TanhGaussianActor
-from offline.cql import CQL, CQLConfig, _tanh_log_prob, cql_penalty
-from offline.edac import EDAC, EDACConfig, diversity_loss
-from offline.sacn import SACN, SACNConfig, soft_q_target
+from wmrl.offline.common import EnsembleCritic, TanhGaussianActor
+from wmrl.offline.cql import CQL, CQLConfig, _tanh_log_prob, cql_penalty
+from wmrl.offline.edac import EDAC, EDACConfig, diversity_loss
+from wmrl.offline.sacn import SACN, SACNConfig, soft_q_target
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

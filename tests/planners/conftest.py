@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-from planners.cem import CEMConfig
-from planners.planet import PlaNetConfig
-from worldmodels.rssm import RSSMConfig
+from wmrl.planners.cem import CEMConfig
+from wmrl.planners.methods.planet import PlaNetConfig
+from wmrl.worldmodels.rssm import RSSMConfig
 
 
 def tiny(logdir, **overrides) -> PlaNetConfig:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from planners.actor_critic import ActorCritic, ActorCriticConfig, TruncNormal, lambda_return
-from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig
-from worldmodels.rssm import RSSM, RSSMConfig
+from wmrl.planners.actor_critic import ActorCritic, ActorCriticConfig, TruncNormal, lambda_return
+from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
+from wmrl.worldmodels.rssm import RSSM, RSSMConfig
 
 
 def small(**overrides) -> ActorCriticConfig:

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from planners import CEMConfig, Planner, cem_plan
-from worldmodels import RSSM, RSSMConfig, WorldModel
+from wmrl.planners import CEMConfig, Planner, cem_plan
+from wmrl.worldmodels import RSSM, RSSMConfig, WorldModel
 
 
 class PointModel:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from planners.controller import (
+from wmrl.planners.controller import (
     ControllerConfig,
     ControllerSearch,
     Evaluator,
@@ -18,8 +18,8 @@ from planners.controller import (
     num_params,
     resolve_action_map,
 )
-from worldmodels.mdnrnn import MDNRNN, MDNRNNConfig
-from worldmodels.vae import ConvVAE
+from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig
+from wmrl.worldmodels.vae import ConvVAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from planners.npg import (
+from wmrl.planners.npg import (
     NPG,
     GaussianMLPPolicy,
     MLPBaseline,

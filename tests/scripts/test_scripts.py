@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import envs
-from envs.replay import EpisodeReplay
-from infra import CheckpointError, read_metrics
+from wmrl import envs
+from wmrl.envs.replay import EpisodeReplay
+from wmrl.infra import CheckpointError, read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.py"))

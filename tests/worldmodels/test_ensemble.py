@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from planners.cem import CEMConfig, Planner, cem_plan
-from worldmodels import WorldModel
-from worldmodels.ensemble import (
+from wmrl.planners.cem import CEMConfig, Planner, cem_plan
+from wmrl.worldmodels import WorldModel
+from wmrl.worldmodels.ensemble import (
     DynamicsEnsemble,
     EnsembleConfig,
     dataset_disagreement,

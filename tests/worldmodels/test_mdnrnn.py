@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Categorical, MixtureSameFamily, Normal
 
-from planners.cem import CEMConfig, Planner, cem_plan
-from worldmodels import WorldModel
-from worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels, mdn_nll, sample_mdn
-from worldmodels.vae import ConvVAE
+from wmrl.planners.cem import CEMConfig, Planner, cem_plan
+from wmrl.worldmodels import WorldModel
+from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels, mdn_nll, sample_mdn
+from wmrl.worldmodels.vae import ConvVAE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from worldmodels import (
+from wmrl.worldmodels import (
     RSSM,
     RSSMConfig,
     WorldModel,

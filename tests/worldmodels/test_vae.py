@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from worldmodels.vae import ConvVAE, kl_floor_loss, kl_to_standard_normal, train_vae_step
+from wmrl.worldmodels.vae import ConvVAE, kl_floor_loss, kl_to_standard_normal, train_vae_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

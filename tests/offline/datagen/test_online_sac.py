@@ -1,5 +1,5 @@
-"""Online SAC (offline/sac.py) against its equations, and the D4RL-style datasets that
-offline/make_dataset.py writes from one SAC run."""
+"""Online SAC (offline/datagen/online_sac.py) against its equations, and the D4RL-style datasets
+that offline/datagen/make_dataset.py writes from one SAC run."""
 
 import importlib.util
 import json
@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-import envs
-import offline.make_dataset as md
-from infra import apply_overrides, load_checkpoint, read_metrics
-from offline.common import TransitionBuffer, symmetric_bound
-from offline.make_dataset import KINDS, PRESETS, MakeDatasetConfig, make_dataset
-from offline.sac import SAC, SACConfig
+import wmrl.offline.datagen.make_dataset as md
+from wmrl import envs
+from wmrl.infra import apply_overrides, load_checkpoint, read_metrics
+from wmrl.offline.common import TransitionBuffer, symmetric_bound
+from wmrl.offline.datagen.make_dataset import KINDS, PRESETS, MakeDatasetConfig, make_dataset
+from wmrl.offline.datagen.online_sac import SAC, SACConfig
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore::UserWarning"),  # Minari's and gymnasium's notes
 ]
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ The loop follows aravindr93/mjrl (branch v2) `projects/morel/run_morel.py` with
          threshold = max_k disc_k / pessimism                          (usad_rule "max")
          threshold = (mean_k disc_k + beta std_k disc_k) / pessimism   (usad_rule "mean_std")
 
-  3. the P-MDP (`offline.pmdp`, paper eq. 4): the members' dynamics from the dataset's episode-start
-     states; a pair with disc(s, a) > threshold enters HALT, which ends the path;
+  3. the P-MDP (`offline.morel.pmdp`, paper eq. 4): the members' dynamics from the dataset's
+     episode-start states; a pair with disc(s, a) > threshold enters HALT, which ends the path;
   4. bc_init: the policy's mean fitted to the dataset's actions (MSE, 5 epochs, batch 256);
   5. `iterations` NPG updates (`planners.npg`), each on npg.update_paths * ensemble.members paths
      of at most `horizon` steps in the P-MDP (official: 50 starts, each rolled out by all 4
@@ -71,12 +71,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from offline.common import episode_returns, floats, symmetric_bound
-from offline.pmdp import PessimisticMDP, PessimisticModel
-from offline.train import eval_env_for
-from planners.cem import CEMConfig, Planner
-from planners.npg import NPG, NPGConfig, behaviour_clone, sample_paths
-from worldmodels.ensemble import (
+from wmrl.offline.common import episode_returns, floats, symmetric_bound
+from wmrl.offline.morel.pmdp import PessimisticMDP, PessimisticModel
+from wmrl.offline.trainer import eval_env_for
+from wmrl.planners.cem import CEMConfig, Planner
+from wmrl.planners.npg import NPG, NPGConfig, behaviour_clone, sample_paths
+from wmrl.worldmodels.ensemble import (
     DynamicsEnsemble,
     EnsembleConfig,
     dataset_disagreement,
@@ -273,8 +273,8 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
     """Fit the ensemble on `cfg.dataset`, then run `cfg.iterations` NPG updates in the P-MDP;
     with `resume`, continue the run in `cfg.logdir` from its checkpoint (the ensemble is loaded,
     not refitted). Returns a summary dict."""
-    import envs
-    from infra import (
+    from wmrl import envs
+    from wmrl.infra import (
         CHECKPOINT_FILE,
         CheckpointError,
         Logger,
@@ -446,14 +446,14 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
 
 def plan_in_pmdp(cfg, ensemble, usad, dataset, env, logger, returns, checkpoint) -> dict:
     """MOReL's planning alternative: CEM-MPC (`planners.cem`) plans every real action in the
-    P-MDP (`offline.pmdp.PessimisticModel`: a candidate that enters HALT gets the HALT reward
+    P-MDP (`offline.morel.pmdp.PessimisticModel`: a candidate that enters HALT gets the HALT reward
     and nothing after it) from the env's current state; `cfg.eval_episodes` real episodes,
     continuing after the `returns` of a resumed run. metrics.jsonl gets one row per episode
     (step = episodes so far): eval/episode_return, pmdp/halt_fraction (HALT entries / live model
     steps over all candidates of that episode), time/episode_s; the last row adds eval/return,
     eval/return_std and eval/normalized_score over all episodes. `checkpoint(iteration=...,
     planned_returns=...)` saves after each episode."""
-    from infra import progress
+    from wmrl.infra import progress
 
     bound = symmetric_bound(dataset.action_space, f"dataset {dataset.dataset_id!r}")
     cem = dataclasses.replace(cfg.cem, action_low=-bound, action_high=bound)
@@ -508,7 +508,7 @@ def fit_model(cfg: MOReLConfig, t: dict, device, run_dir, logger, progress):
         (ensemble in eval mode, usad): usad = {"threshold": float or None (no HALT), "max",
         "mean", "std": statistics of the dataset's disc(s, a)}.
     """
-    from infra import Logger
+    from wmrl.infra import Logger
 
     t0 = time.perf_counter()
     bar = progress(cfg.ensemble.max_epochs, desc="ensemble", unit="epoch")

@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worldmodels.nets import (
+from wmrl.worldmodels.nets import (
     ConvDecoder,
     ConvEncoder,
     LayerNormGRUCell,
     gaussian_nll,
     mlp,
 )
-from worldmodels.rssm import RecurrentStateSpaceModel, metric_floats
+from wmrl.worldmodels.rssm import RecurrentStateSpaceModel, metric_floats
 
 State = dict[str, torch.Tensor]
 

@@ -3,7 +3,7 @@ then alternate `train_steps` RSSM updates on replay chunks with one episode of C
 exploration noise) whose transitions go into the replay. Resumable: the replay persists episode
 by episode (`run_dir/replay`) and the checkpoint records how many episodes it belongs to.
 
-    from planners.planet import PlaNetConfig, train_planet
+    from wmrl.planners.methods.planet import PlaNetConfig, train_planet
     summary = train_planet(PlaNetConfig(env="dmc:cartpole-swingup", episodes=100))
 
 The step axis of every logged value is env steps: policy steps (replay.total_steps) times the
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from planners.cem import CEMConfig, Planner
-from planners.runs import LoadedRun, open_replay, openloop_frames, replay_checkpoint
-from worldmodels.rssm import RSSM, RSSMConfig, make_optimizer
+from wmrl.planners.cem import CEMConfig, Planner
+from wmrl.planners.methods.runs import LoadedRun, open_replay, openloop_frames, replay_checkpoint
+from wmrl.worldmodels.rssm import RSSM, RSSMConfig, make_optimizer
 
 
 @dataclass
@@ -121,7 +121,7 @@ def run_episode(env, policy, replay=None, record: bool = False):
 def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
     """Train PlaNet as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
     checkpoint and replay) up to `cfg.episodes`. Returns a summary dict."""
-    from infra import (
+    from wmrl.infra import (
         Logger,
         load_checkpoint,
         prepare_run_dir,
@@ -270,8 +270,8 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
 
 def build_model(cfg: PlaNetConfig, device) -> tuple[RSSM, object]:
     """The env of `cfg` and an RSSM sized for its spaces: (model, env)."""
-    from envs import make
-    from envs.collect import env_options
+    from wmrl.envs import make
+    from wmrl.envs.collect import env_options
 
     env = make(cfg.env, **env_options(cfg))
     obs_shape, action_dim = env.observation_space.shape, int(np.prod(env.action_space.shape))
@@ -279,9 +279,9 @@ def build_model(cfg: PlaNetConfig, device) -> tuple[RSSM, object]:
 
 
 def load_run(run_dir: Path, device) -> LoadedRun:
-    """A saved PlaNet run for `planners.runs.load_run` (scripts/render_gif.py)."""
-    from envs.collect import env_options
-    from infra import load_checkpoint, load_config
+    """A saved PlaNet run for `planners.methods.runs.load_run` (scripts/render_gif.py)."""
+    from wmrl.envs.collect import env_options
+    from wmrl.infra import load_checkpoint, load_config
 
     cfg = load_config(PlaNetConfig, run_dir)
     model, env = build_model(cfg, device)

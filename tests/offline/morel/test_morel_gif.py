@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from offline.morel_gif import HALT_COLOR, imagined_vs_real, left_out_positions, set_state_from_obs
+from wmrl.offline.morel.gif import (
+    HALT_COLOR,
+    imagined_vs_real,
+    left_out_positions,
+    set_state_from_obs,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,7 +77,7 @@ def test_render_gif_draws_a_saved_morel_run(minari_dataset, tmp_path):
     import imageio.v3 as iio
 
     def script(name):
-        path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+        path = Path(__file__).resolve().parents[3] / "scripts" / f"{name}.py"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

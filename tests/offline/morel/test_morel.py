@@ -1,5 +1,5 @@
-"""offline.morel: the per-row-member view of the ensemble, the smoke run through the script on a
-dataset written by Minari's own API (threshold, halt fraction, normalised scores, the table of
+"""offline.morel.train: the per-row-member view of the ensemble, the smoke run through the script on
+a dataset written by Minari's own API (threshold, halt fraction, normalised scores, the table of
 offline.compare), exact resume without refitting, and errors on bad input."""
 
 import importlib.util
@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from envs.datasets import OfflineDataset
-from infra import load_checkpoint
-from offline.compare import read_run
-from offline.morel import MemberModel, MOReLConfig, check_dataset, train_morel
-from worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
+from wmrl.envs.datasets import OfflineDataset
+from wmrl.infra import load_checkpoint
+from wmrl.offline.compare import read_run
+from wmrl.offline.morel.train import MemberModel, MOReLConfig, check_dataset, train_morel
+from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore::UserWarning"),  # Minari's notes on unset metadata
 ]
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_morel.py"
+SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "train_morel.py"
 REF_MIN, REF_MAX = -1500.0, -150.0  # the Pendulum dataset of conftest.py
 TIME_KEYS = ("train/iter_s", "time/wall_s", "time/model_fit_s")
 

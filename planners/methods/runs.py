@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from infra import CheckpointError, read_meta
-from planners.cem import map_state
+from wmrl.infra import CheckpointError, read_meta
+from wmrl.planners.cem import map_state
 
 RUN_LOADERS: dict[str, str] = {
-    "planet": "planners.planet:load_run",
-    "worldmodels": "planners.worldmodels_pipeline:load_run",
-    "dreamer": "planners.dreamer:load_run",
+    "planet": "wmrl.planners.methods.planet:load_run",
+    "worldmodels": "wmrl.planners.methods.world_models:load_run",
+    "dreamer": "wmrl.planners.methods.dreamer:load_run",
 }
 
 
@@ -80,7 +80,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     if job not in RUN_LOADERS:
         raise ValueError(
             f"{run_dir} was written by job {job!r}, which has no loader; known jobs: "
-            f"{sorted(RUN_LOADERS)} (add one to planners.runs.RUN_LOADERS)"
+            f"{sorted(RUN_LOADERS)} (add one to planners.methods.runs.RUN_LOADERS)"
         )
     module, _, name = RUN_LOADERS[job].partition(":")
     loader = getattr(importlib.import_module(module), name)
@@ -130,7 +130,7 @@ def open_replay(run_dir: Path, capacity: int, seed: int, state: dict | None = No
     checkpoint (later ones are dropped) and the generator as it was saved. The replay's sampler
     gets a new seed on resume, from the number of finished episodes, so that a resumed run does
     not replay the batches it drew before. Returns (replay, rng)."""
-    from envs.replay import EpisodeReplay
+    from wmrl.envs.replay import EpisodeReplay
 
     directory = Path(run_dir) / "replay"
     if state is None:
@@ -145,7 +145,7 @@ def open_replay(run_dir: Path, capacity: int, seed: int, state: dict | None = No
 
 def replay_checkpoint(replay, rng: np.random.Generator) -> dict:
     """What `open_replay` needs back from a checkpoint, plus every RNG's state ("rng")."""
-    from infra import rng_state
+    from wmrl.infra import rng_state
 
     return {"replay_episodes": replay.total_episodes, "numpy_rng": rng.bit_generator.state,
             "rng": rng_state()}  # fmt: skip

@@ -42,8 +42,8 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from worldmodels.ensemble import DynamicsEnsemble
-from worldmodels.protocol import open_loop
+from wmrl.worldmodels.ensemble import DynamicsEnsemble
+from wmrl.worldmodels.protocol import open_loop
 
 __all__ = ["PessimisticMDP", "PessimisticMDPEnv", "PessimisticModel", "halt_reward"]
 

@@ -1,6 +1,7 @@
-"""worldmodels.dreamer: protocol shapes and timing, straight-through sampling, KL balancing's
-gradient split against the plain KL's, the layer-norm GRU by hand, the loss terms against an
-independent computation, and CEM planning on the categorical RSSM. Tiny sizes throughout."""
+"""worldmodels.categorical_rssm: protocol shapes and timing, straight-through sampling, KL
+balancing's gradient split against the plain KL's, the layer-norm GRU by hand, the loss terms
+against an independent computation, and CEM planning on the categorical RSSM. Tiny sizes
+throughout."""
 
 import math
 
@@ -9,9 +10,9 @@ import pytest
 import torch
 from torch.distributions import Categorical, kl_divergence
 
-from planners.cem import CEMConfig, cem_plan
-from worldmodels import WorldModel
-from worldmodels.dreamer import (
+from wmrl.planners.cem import CEMConfig, cem_plan
+from wmrl.worldmodels import WorldModel
+from wmrl.worldmodels.categorical_rssm import (
     CategoricalRSSM,
     CategoricalRSSMConfig,
     kl_balance_loss,
@@ -19,7 +20,7 @@ from worldmodels.dreamer import (
     make_optimizer,
     straight_through_onehot,
 )
-from worldmodels.nets import LayerNormGRUCell
+from wmrl.worldmodels.nets import LayerNormGRUCell
 
 PIXELS, VECTOR = (64, 64, 3), (5,)
 A = 2

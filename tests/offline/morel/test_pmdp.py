@@ -1,6 +1,6 @@
-"""offline.pmdp: HALT on unknown actions, the model's rewards and terminations elsewhere, starts
-from the dataset's start states, horizon truncation, next-step autoreset, member sampling, the
-halted fraction, gymnasium's env checker, and NPG on paths collected from the P-MDP."""
+"""offline.morel.pmdp: HALT on unknown actions, the model's rewards and terminations elsewhere,
+starts from the dataset's start states, horizon truncation, next-step autoreset, member sampling,
+the halted fraction, gymnasium's env checker, and NPG on paths collected from the P-MDP."""
 
 import math
 import warnings
@@ -12,8 +12,8 @@ import torch
 from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
-from offline.pmdp import PessimisticMDP, PessimisticMDPEnv, PessimisticModel
-from planners.npg import NPG, NPGConfig, sample_paths
+from wmrl.offline.morel.pmdp import PessimisticMDP, PessimisticMDPEnv, PessimisticModel
+from wmrl.planners.npg import NPG, NPGConfig, sample_paths
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -230,7 +230,7 @@ def test_pessimistic_model_halts_like_the_pmdp(mode, kappa, halt_r):
 def test_cem_in_the_pmdp_stays_below_the_threshold():
     """Reward a per step, unknown above a = 0.5 with HALT reward -10: the best plan keeps every
     action at the threshold, 0.5; without HALT CEM goes to the bound, 1."""
-    from planners.cem import CEMConfig, Planner
+    from wmrl.planners.cem import CEMConfig, Planner
 
     cfg = CEMConfig(horizon=3, iterations=8, candidates=400, top_k=40)
     torch.manual_seed(0)

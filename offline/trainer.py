@@ -25,21 +25,21 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from offline.awac import AWAC, AWACConfig
-from offline.bc import BC, BCConfig
-from offline.common import (
+from wmrl.offline.awac import AWAC, AWACConfig
+from wmrl.offline.bc import BC, BCConfig
+from wmrl.offline.common import (
     Normalizer,
     OfflineAlgorithm,
     TransitionBuffer,
     episode_returns,
     symmetric_bound,
 )
-from offline.cql import CQL, CQLConfig
-from offline.edac import EDAC, EDACConfig
-from offline.iql import IQL, IQLConfig
-from offline.rebrac import ReBRAC, ReBRACConfig
-from offline.sacn import SACN, SACNConfig
-from offline.td3bc import TD3BC, TD3BCConfig
+from wmrl.offline.cql import CQL, CQLConfig
+from wmrl.offline.edac import EDAC, EDACConfig
+from wmrl.offline.iql import IQL, IQLConfig
+from wmrl.offline.rebrac import ReBRAC, ReBRACConfig
+from wmrl.offline.sacn import SACN, SACNConfig
+from wmrl.offline.td3bc import TD3BC, TD3BCConfig
 
 ALGORITHMS: dict[str, type[OfflineAlgorithm]] = {
     "bc": BC,
@@ -105,7 +105,7 @@ def reward_scale(dataset) -> float:
 
 def eval_env_for(cfg: OfflineConfig, dataset) -> gym.Env:
     if cfg.env:
-        import envs
+        from wmrl import envs
 
         env = envs.make(cfg.env)
     else:
@@ -163,8 +163,8 @@ def build(
 def train_offline(cfg: OfflineConfig, resume: bool = False) -> dict:
     """Train `cfg.algo` on `cfg.dataset` for `cfg.steps` gradient steps; with `resume`, continue
     the run in `cfg.logdir` from its checkpoint. Returns a summary dict."""
-    import envs
-    from infra import (
+    from wmrl import envs
+    from wmrl.infra import (
         Logger,
         load_checkpoint,
         prepare_run_dir,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from offline.compare import CompareConfig, compare_offline
-from offline.train import ALGORITHMS, OfflineConfig, build, train_offline
+from wmrl.offline.compare import CompareConfig, compare_offline
+from wmrl.offline.trainer import ALGORITHMS, OfflineConfig, build, train_offline
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -68,7 +68,7 @@ def test_resumed_run_equals_an_uninterrupted_one(dataset_id, tmp_path):
 
 
 def test_states_and_rewards_are_normalized_as_the_config_says(dataset_id):
-    import envs
+    from wmrl import envs
 
     ds = envs.load_dataset(dataset_id)
     t = ds.transitions()

@@ -38,12 +38,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from offline.common import TanhGaussianActor, TransitionBuffer, symmetric_bound
+from wmrl.offline.common import TanhGaussianActor, TransitionBuffer, symmetric_bound
 
 # Snapshots and reference scores: returns of episode i reset with seed + i (the same starts for
 # every snapshot); a module name, so that tests can count the calls.
-from offline.common import episode_returns as evaluate
-from offline.sac import SAC, SACConfig
+from wmrl.offline.common import episode_returns as evaluate
+from wmrl.offline.datagen.online_sac import SAC, SACConfig
 
 KINDS = ("random", "medium", "medium-replay", "medium-expert", "expert")
 # Each generated dataset draws from its own seeds, so a resume regenerates the same data.
@@ -275,7 +275,7 @@ def random_policy(space: gym.spaces.Box, seed: int):
 
 def rollout(env: gym.Env, policy, steps: int, seed: int, desc: str) -> list[dict]:
     """Episodes of `policy` holding exactly `steps` transitions (the last one cut)."""
-    from infra import progress
+    from wmrl.infra import progress
 
     rec = EpisodeRecorder()
     obs, _ = env.reset(seed=seed)
@@ -296,7 +296,7 @@ def rollout(env: gym.Env, policy, steps: int, seed: int, desc: str) -> list[dict
 def replay_buffer(rec: EpisodeRecorder, capacity: int, obs_dim, action_dim, device):
     """SAC's replay rebuilt from the recorded episodes: the last `capacity` transitions, in
     order, so that the oldest is overwritten next, as in the buffer that was lost."""
-    from envs import to_transitions
+    from wmrl.envs import to_transitions
 
     buf = TransitionBuffer(capacity, obs_dim, action_dim, device)
     if rec.episodes:
@@ -327,8 +327,8 @@ def make_dataset(cfg: MakeDatasetConfig, resume: bool = False) -> dict:
     the run in `cfg.logdir` (training, or the datasets still missing). Returns a summary:
     env, sac_steps, ref_min_score, ref_max_score, medium_step, medium_return, and per kind
     {id, transitions, episodes, mean_return, normalized_score}."""
-    import envs
-    from infra import (
+    from wmrl import envs
+    from wmrl.infra import (
         Logger,
         load_checkpoint,
         prepare_run_dir,
@@ -567,6 +567,7 @@ def _description(kind, env_id, cfg, medium, refs) -> str:
         "expert": f"{cfg.dataset_size} steps of the SAC policy after {cfg.sac_steps} env steps",
     }[kind]
     return (
-        f"D4RL-style {kind} dataset of {env_id} (wmrl offline.make_dataset): {what}. Reference "
+        f"D4RL-style {kind} dataset of {env_id} (wmrl offline.datagen.make_dataset): {what}. "
+        "Reference "
         f"scores: random {refs['ref_min_score']:.1f}, expert {refs['ref_max_score']:.1f}."
     )

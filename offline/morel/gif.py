@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-import envs  # noqa: F401 - sets MUJOCO_GL=egl (headless) before MuJoCo renders
+from wmrl import envs  # noqa: F401 - sets MUJOCO_GL=egl (headless) before MuJoCo renders
 
 HALT_COLOR = np.array([220, 30, 30], np.uint8)
 
@@ -134,10 +134,10 @@ def morel_run_frames(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`imagined_vs_real` for a saved MOReL run (scripts/train_morel.py): its ensemble, its
     policy's mean action and its USAD threshold, from the dataset's first episode start."""
-    from infra import load_checkpoint, load_config
-    from offline.morel import MOReLConfig
-    from planners.npg import NPG
-    from worldmodels.ensemble import DynamicsEnsemble
+    from wmrl.infra import load_checkpoint, load_config
+    from wmrl.offline.morel.train import MOReLConfig
+    from wmrl.planners.npg import NPG
+    from wmrl.worldmodels.ensemble import DynamicsEnsemble
 
     cfg = load_config(MOReLConfig, run_dir)
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from envs.replay import EpisodeReplay
-from infra import CheckpointError, load_checkpoint, read_metrics
-from planners.planet import PRESETS, PlaNetConfig, train_planet
+from wmrl.envs.replay import EpisodeReplay
+from wmrl.infra import CheckpointError, load_checkpoint, read_metrics
+from wmrl.planners.methods.planet import PRESETS, PlaNetConfig, train_planet
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def weights(logdir):

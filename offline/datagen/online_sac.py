@@ -1,6 +1,6 @@
 """Soft actor-critic (Haarnoja et al. 2018, "Soft Actor-Critic Algorithms and Applications": twin
 critics and an automatically tuned temperature), online; the behaviour policies of the datasets
-that `offline.make_dataset` writes.
+that `offline.datagen.make_dataset` writes.
 
 critic:  y = r + gamma (1 - d) (min_i Q'_i(s', a') - alpha log pi(a'|s')),  a' ~ pi(.|s')
          L_Q = sum_i mean (Q_i(s, a) - y)^2
@@ -22,7 +22,13 @@ from dataclasses import dataclass
 
 import torch
 
-from offline.common import EnsembleCritic, OfflineAlgorithm, TanhGaussianActor, floats, soft_update
+from wmrl.offline.common import (
+    EnsembleCritic,
+    OfflineAlgorithm,
+    TanhGaussianActor,
+    floats,
+    soft_update,
+)
 
 
 @dataclass

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from envs.replay import read_episode
-from infra import CheckpointError, load_checkpoint, save_checkpoint
-from planners.planet import train_planet
-from planners.runs import episode_rows, load_run, run_job
-from worldmodels.rssm import RSSM
+from wmrl.envs.replay import read_episode
+from wmrl.infra import CheckpointError, load_checkpoint, save_checkpoint
+from wmrl.planners.methods.planet import train_planet
+from wmrl.planners.methods.runs import episode_rows, load_run, run_job
+from wmrl.worldmodels.rssm import RSSM
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

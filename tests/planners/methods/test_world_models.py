@@ -1,4 +1,4 @@
-"""planners.worldmodels_pipeline end to end on CarRacing with tiny settings: stage outputs, GIFs,
+"""planners.methods.world_models end to end on CarRacing with tiny settings: stage outputs, GIFs,
 a resume that skips finished stages (their checkpoints untouched), stage prerequisites, the
 rendering loader, and the script's --help."""
 
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from infra import load_checkpoint, read_meta, read_metrics
-from planners.cem import CEMConfig, cem_plan
-from planners.controller import ControllerConfig, ControllerSearch
-from planners.runs import episode_rows, openloop_frames, run_job
-from planners.worldmodels_pipeline import (
+from wmrl.infra import load_checkpoint, read_meta, read_metrics
+from wmrl.planners.cem import CEMConfig, cem_plan
+from wmrl.planners.controller import ControllerConfig, ControllerSearch
+from wmrl.planners.methods.runs import episode_rows, openloop_frames, run_job
+from wmrl.planners.methods.world_models import (
     PRESETS,
     STAGES,
     WorldModelsConfig,
@@ -27,11 +27,11 @@ from planners.worldmodels_pipeline import (
     sample_sequences,
     train_worldmodels,
 )
-from worldmodels import WorldModel
-from worldmodels.mdnrnn import MDNRNNConfig
-from worldmodels.vae import VAEConfig
+from wmrl.worldmodels import WorldModel
+from wmrl.worldmodels.mdnrnn import MDNRNNConfig
+from wmrl.worldmodels.vae import VAEConfig
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EPISODE = 12  # env steps per collected episode
 
 
@@ -143,8 +143,8 @@ def test_evaluations_ignore_the_training_rollouts_patience(run, tmp_path):
     """With patience 1 the training rollouts stop at the first step without reward, but the
     evaluation at generation 3 plays the whole (4-step) episode: its return is the one an
     independent whole rollout of the saved mean gets, not the patient one."""
-    from planners.controller import Rollouts
-    from planners.worldmodels_pipeline import rollout_spec
+    from wmrl.planners.controller import Rollouts
+    from wmrl.planners.methods.world_models import rollout_spec
 
     logdir = tmp_path / "copy"
     shutil.copytree(run[0], logdir)
@@ -178,8 +178,8 @@ def test_metrics_and_gifs(run):
 
 
 def test_dream_rollouts_start_from_encoded_first_frames(run):
-    from planners.controller import Rollouts
-    from planners.worldmodels_pipeline import rollout_spec
+    from wmrl.planners.controller import Rollouts
+    from wmrl.planners.methods.world_models import rollout_spec
 
     logdir = run[0]
     spec = rollout_spec(tiny(logdir), logdir, "dream")
@@ -191,7 +191,7 @@ def test_dream_rollouts_start_from_encoded_first_frames(run):
 
 
 def test_an_interrupted_stage_continues_from_its_checkpoint(tmp_path, monkeypatch):
-    import planners.worldmodels_pipeline as pipeline
+    import wmrl.planners.methods.world_models as pipeline
 
     logdir = tmp_path / "run"
     # 2 * 13 frames in batches of 4: 6 updates, a checkpoint every 2
@@ -256,7 +256,7 @@ def test_sample_sequences_pads_short_episodes():
 def test_brownian_policy_drifts_within_bounds():
     import gymnasium as gym
 
-    from planners.worldmodels_pipeline import brownian_policy
+    from wmrl.planners.methods.world_models import brownian_policy
 
     space = gym.spaces.Box(-1.0, 1.0, (2, 3), np.float32)  # 2 envs, 3 action dims
     act = brownian_policy(space, seed=0)

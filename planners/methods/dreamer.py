@@ -4,7 +4,7 @@ the actor and make one update (world model, then actor-critic on its posteriors)
 `train_every` policy steps. Resumable like PlaNet's loop: the replay persists episode by episode
 (`run_dir/replay`), and checkpoints are written between episodes.
 
-    from planners.dreamer import DreamerConfig, train_dreamer
+    from wmrl.planners.methods.dreamer import DreamerConfig, train_dreamer
     summary = train_dreamer(DreamerConfig(env="dmc:walker-walk", steps=1_000_000))
 
 Counts follow danijar's config, in policy steps (env steps / action repeat): prefill,
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from planners.actor_critic import ActorCritic, ActorCriticConfig
-from planners.cem import map_state
-from planners.planet import env_action_repeat, run_episode
-from planners.runs import LoadedRun, open_replay, openloop_frames, replay_checkpoint
-from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig, make_optimizer
-from worldmodels.rssm import check_finite
+from wmrl.planners.actor_critic import ActorCritic, ActorCriticConfig
+from wmrl.planners.cem import map_state
+from wmrl.planners.methods.planet import env_action_repeat, run_episode
+from wmrl.planners.methods.runs import LoadedRun, open_replay, openloop_frames, replay_checkpoint
+from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig, make_optimizer
+from wmrl.worldmodels.rssm import check_finite
 
 
 @dataclass
@@ -133,8 +133,8 @@ class DreamerPolicy:
 def build(cfg: DreamerConfig, device):
     """The env of `cfg`, a world model and an actor-critic sized for its spaces:
     (model, actor_critic, env)."""
-    from envs import make
-    from envs.collect import env_options
+    from wmrl.envs import make
+    from wmrl.envs.collect import env_options
 
     env = make(cfg.env, **env_options(cfg))
     space = env.action_space
@@ -190,9 +190,9 @@ def make_update(model: CategoricalRSSM, ac: ActorCritic, optimizer, device, sync
 def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     """Train DreamerV2 as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
     checkpoint and replay) up to `cfg.steps` env steps. Returns a summary dict."""
-    from envs.collect import Collector, env_options
-    from envs.registry import make_vector
-    from infra import (
+    from wmrl.envs.collect import Collector, env_options
+    from wmrl.envs.registry import make_vector
+    from wmrl.infra import (
         Logger,
         load_checkpoint,
         prepare_run_dir,
@@ -409,9 +409,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
 
 
 def load_run(run_dir: Path, device) -> LoadedRun:
-    """A saved Dreamer run for `planners.runs.load_run` (scripts/render_gif.py)."""
-    from envs.collect import env_options
-    from infra import load_checkpoint, load_config
+    """A saved Dreamer run for `planners.methods.runs.load_run` (scripts/render_gif.py)."""
+    from wmrl.envs.collect import env_options
+    from wmrl.infra import load_checkpoint, load_config
 
     cfg = load_config(DreamerConfig, run_dir)
     model, _, env = build(replace(cfg, compile=False), device)  # a few steps: not worth it

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from envs.replay import EpisodeReplay
-from infra import CheckpointError, load_checkpoint, read_metrics
-from planners.actor_critic import ActorCriticConfig
-from planners.dreamer import (
+from wmrl.envs.replay import EpisodeReplay
+from wmrl.infra import CheckpointError, load_checkpoint, read_metrics
+from wmrl.planners.actor_critic import ActorCriticConfig
+from wmrl.planners.methods.dreamer import (
     PRESETS,
     DreamerConfig,
     load_run,
@@ -24,10 +24,10 @@ from planners.dreamer import (
     setup_update,
     train_dreamer,
 )
-from planners.runs import run_job
-from worldmodels.dreamer import CategoricalRSSM, CategoricalRSSMConfig
+from wmrl.planners.methods.runs import run_job
+from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def tiny(logdir, **overrides) -> DreamerConfig:
@@ -241,7 +241,7 @@ def test_a_non_finite_update_stops_the_run_before_its_checkpoint(tmp_path, monke
     """The loop checks its device-side metrics once per episode, before the checkpoint: a NaN
     in the first training update (the third overall) ends the run with the env steps it lies
     between, and the checkpoint stays the one written after the pretraining."""
-    import planners.dreamer as dreamer
+    import wmrl.planners.methods.dreamer as dreamer
 
     real = dreamer.make_update
 
@@ -299,8 +299,8 @@ def test_the_bf16_update_keeps_float32_weights_and_matches_full_precision(obs_sh
     linear and conv layers): the matrix products run in bf16, nothing mixes dtypes where it
     must not, weights and optimiser state stay float32, and three updates give the metrics of
     full precision to within 2% (they differ by about 1e-4 relative)."""
-    import planners.actor_critic as actor_critic
-    import worldmodels.dreamer as dreamer_model
+    import wmrl.planners.actor_critic as actor_critic
+    import wmrl.worldmodels.categorical_rssm as dreamer_model
 
     batch = random_batch(obs_shape, 2, 4, 8)
     runs, seen = [], set()

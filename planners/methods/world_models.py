@@ -8,7 +8,7 @@ train.py):
     mdnrnn      MDN-RNN on z sampled from it  -> mdnrnn.pt,   gifs/mdnrnn_dream_openloop_*.gif
     controller  CMA-ES on the linear C        -> controller.pt, gifs/controller_*.gif
 
-    from planners.worldmodels_pipeline import WorldModelsConfig, train_worldmodels
+    from wmrl.planners.methods.world_models import WorldModelsConfig, train_worldmodels
     summary = train_worldmodels(WorldModelsConfig(env="gym:CarRacing-v3"))
 
 `checkpoint.pt` (meta job "worldmodels") lists the finished stages; `--resume` skips them and
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from planners.controller import (
+from wmrl.planners.controller import (
     ControllerConfig,
     ControllerSearch,
     Evaluator,
@@ -42,9 +42,9 @@ from planners.controller import (
     num_params,
     resolve_action_map,
 )
-from planners.runs import LoadedRun, openloop_frames
-from worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels, train_mdnrnn_step
-from worldmodels.vae import ConvVAE, VAEConfig, train_vae_step
+from wmrl.planners.methods.runs import LoadedRun, openloop_frames
+from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels, train_mdnrnn_step
+from wmrl.worldmodels.vae import ConvVAE, VAEConfig, train_vae_step
 
 STAGES = ("collect", "vae", "encode", "mdnrnn", "controller")
 ROLLOUT_DIR, SERIES_FILE = "rollouts", "series.npz"
@@ -143,7 +143,7 @@ def _meta(cfg: WorldModelsConfig, stage: str | None = None) -> dict:
 def train_worldmodels(cfg: WorldModelsConfig, resume: bool = False) -> dict:
     """Run the stages `cfg.stages` asks for that are not finished yet; with `resume`, continue
     the run in `cfg.logdir`. Returns a summary dict (stages run, losses, returns)."""
-    from infra import (
+    from wmrl.infra import (
         Logger,
         load_checkpoint,
         prepare_run_dir,
@@ -197,13 +197,13 @@ def train_worldmodels(cfg: WorldModelsConfig, resume: bool = False) -> dict:
 
 
 def _save(path: Path, state: dict, cfg: WorldModelsConfig, stage: str) -> None:
-    from infra import save_checkpoint
+    from wmrl.infra import save_checkpoint
 
     save_checkpoint(path, state, meta=_meta(cfg, stage))
 
 
 def _load(path: Path, cfg: WorldModelsConfig, stage: str, device="cpu") -> dict:
-    from infra import load_checkpoint
+    from wmrl.infra import load_checkpoint
 
     return load_checkpoint(path, expect_meta=_meta(cfg, stage), map_location=device)
 
@@ -232,10 +232,10 @@ def brownian_policy(action_space, seed: int | None = None, dt: float = 1 / 50):
 def stage_collect(cfg, run_dir: Path, device, logger) -> dict:
     """Random-action episodes (`collect_policy`) into run_dir/rollouts; resumes from the
     episode files already there."""
-    from envs.collect import Collector, random_policy
-    from envs.registry import make_vector
-    from envs.replay import EpisodeReplay
-    from infra import progress
+    from wmrl.envs.collect import Collector, random_policy
+    from wmrl.envs.registry import make_vector
+    from wmrl.envs.replay import EpisodeReplay
+    from wmrl.infra import progress
 
     directory = run_dir / ROLLOUT_DIR
     if directory.is_dir():
@@ -307,7 +307,7 @@ def build_vae(cfg: WorldModelsConfig, channels: int = 3) -> ConvVAE:
 
 def stage_vae(cfg, run_dir: Path, device, logger) -> dict:
     """Train the ConvVAE for `vae.epochs` passes over shuffled frames (the reference's loop)."""
-    from infra import progress
+    from wmrl.infra import progress
 
     frames = load_frames(run_dir, cfg.vae_max_frames, np.random.default_rng(cfg.seed))
     vae = build_vae(cfg, frames.shape[-1]).to(device)
@@ -457,7 +457,7 @@ def build_mdnrnn(cfg: WorldModelsConfig, action_dim: int) -> MDNRNN:
 
 def stage_mdnrnn(cfg, run_dir: Path, device, logger) -> dict:
     """Train the MDN-RNN on z sampled from the stored (mu, logvar), `mdnrnn.steps` updates."""
-    from infra import progress
+    from wmrl.infra import progress
 
     series = load_series(run_dir)
     rng = np.random.default_rng(cfg.seed)
@@ -517,7 +517,7 @@ def stage_mdnrnn(cfg, run_dir: Path, device, logger) -> dict:
 def dream_openloop(cfg, run_dir: Path, device, context: int = 1) -> np.ndarray:
     """The MDN-RNN dreaming an episode from its first frame with the recorded actions, decoded
     by the VAE: rows truth / dream / |error|, uint8 (T, 3 * 64, 64, C)."""
-    from planners.runs import episode_rows
+    from wmrl.planners.methods.runs import episode_rows
 
     model = load_model(cfg, run_dir, device)
     obs, action = episode_rows(read_rollout(episode_files(run_dir)[-1]))
@@ -578,7 +578,7 @@ def rollout_spec(cfg: WorldModelsConfig, run_dir: Path, mode: str) -> RolloutSpe
 def stage_controller(cfg, run_dir: Path, device, logger) -> dict:
     """CMA-ES on the linear controller, fitness from rollouts in worker processes; the mean of
     the search distribution is evaluated in the real env every `eval_every` generations."""
-    from infra import progress
+    from wmrl.infra import progress
 
     c = cfg.controller
     if c.mode == "dream" and not (cfg.mdnrnn.done_head or cfg.mdnrnn.reward_head):
@@ -649,7 +649,7 @@ def stage_controller(cfg, run_dir: Path, device, logger) -> dict:
 
 def load_controller(run_dir: Path):
     """The final controller's parameters (the CMA-ES mean) of a run: numpy (P,)."""
-    from infra import load_checkpoint
+    from wmrl.infra import load_checkpoint
 
     return load_checkpoint(Path(run_dir) / "controller.pt")["mean"].numpy()
 
@@ -658,9 +658,9 @@ def load_controller(run_dir: Path):
 
 
 def load_run(run_dir: Path, device) -> LoadedRun:
-    """A saved World Models run for `planners.runs.load_run` (scripts/render_gif.py): the VAE +
-    MDN-RNN adapter, its env and the random rollouts it was trained on."""
-    from infra import load_config
+    """A saved World Models run for `planners.methods.runs.load_run` (scripts/render_gif.py): the
+    VAE + MDN-RNN adapter, its env and the random rollouts it was trained on."""
+    from wmrl.infra import load_config
 
     cfg = load_config(WorldModelsConfig, run_dir)
     model = load_model(cfg, Path(run_dir), device)
