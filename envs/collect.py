@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
+from wmrl.envs.registry import env_options
+from wmrl.envs.rollout import random_policy
+
 Policy = Callable[[np.ndarray], np.ndarray]  # observations (N, ...) -> actions (N, A)
 
 
@@ -24,17 +27,6 @@ class EpisodeStats:
     ret: float
     length: int
     terminated: bool
-
-
-def random_policy(action_space: gym.Space, seed: int | None = None) -> Policy:
-    """Uniform random actions for a batched action space (N, A)."""
-    rng = np.random.default_rng(seed)
-    low, high = action_space.low, action_space.high
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        return rng.uniform(low, high).astype(action_space.dtype)
-
-    return act
 
 
 class Collector:
@@ -136,16 +128,6 @@ class CollectConfig:
 
 
 COLLECT_PRESETS = {"default": {}, "smoke": {"episodes": 4, "num_envs": 2, "checkpoint_every": 2}}
-
-
-def env_options(cfg: CollectConfig) -> dict:
-    """The `envs.make` options a config asks for (unset ones keep the env's defaults)."""
-    options = {}
-    if cfg.obs_type is not None:
-        options["obs_type"] = cfg.obs_type
-    if cfg.action_repeat is not None:
-        options["action_repeat"] = cfg.action_repeat
-    return options
 
 
 def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:

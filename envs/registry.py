@@ -209,3 +209,13 @@ def make_vector(
     if asynchronous:
         return gym.vector.AsyncVectorEnv(fns, context=context)
     return gym.vector.SyncVectorEnv(fns)
+
+
+ENV_OPTIONS = ("obs_type", "action_repeat", "max_episode_steps")
+
+
+def env_options(cfg) -> dict:
+    """The `make` options that a config (any object with some of the fields `ENV_OPTIONS`) asks
+    for; fields it lacks or leaves None keep the env's defaults."""
+    values = {name: getattr(cfg, name, None) for name in ENV_OPTIONS}
+    return {name: value for name, value in values.items() if value is not None}

@@ -413,3 +413,30 @@ def _read_npz(path: Path, T: int) -> dict[str, np.ndarray]:
     if len(ep["actions"]) != T:
         raise ReplayFileError(f"{path} holds {len(ep['actions'])} steps, its name says {T}")
     return ep
+
+
+def open_replay(run_dir: Path, capacity: int, seed: int, state: dict | None = None):
+    """The replay and NumPy generator of an online run (PlaNet, Dreamer): fresh ones seeded with
+    `seed`, or, given the checkpoint `state` of a resumed run, the episodes on disk up to the
+    checkpoint (later ones are dropped) and the generator as it was saved. The replay's sampler
+    gets a new seed on resume, from the number of finished episodes, so that a resumed run does
+    not replay the batches it drew before. Returns (replay, rng)."""
+    from wmrl.envs.replay import EpisodeReplay
+
+    directory = Path(run_dir) / "replay"
+    if state is None:
+        return EpisodeReplay(capacity, directory=directory, seed=seed), np.random.default_rng(seed)
+    episodes = int(state["replay_episodes"])
+    replay = EpisodeReplay.load(directory, capacity, seed=seed + 1000 * (episodes + 1),
+                                max_episodes=episodes)  # fmt: skip
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["numpy_rng"]
+    return replay, rng
+
+
+def replay_checkpoint(replay, rng: np.random.Generator) -> dict:
+    """What `open_replay` needs back from a checkpoint, plus every RNG's state ("rng")."""
+    from wmrl.infra import rng_state
+
+    return {"replay_episodes": replay.total_episodes, "numpy_rng": rng.bit_generator.state,
+            "rng": rng_state()}  # fmt: skip

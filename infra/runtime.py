@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -89,3 +90,17 @@ def _numpy_state() -> tuple:
 def _tuples(x):
     """Lists back to tuples (a checkpoint may hand tuples back as lists)."""
     return tuple(_tuples(v) for v in x) if isinstance(x, list | tuple) else x
+
+
+def autocast(device: torch.device):
+    """bf16 mixed precision on CUDA (danijar trains in float16), full precision elsewhere."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+def compile_methods(obj, names, **options) -> None:
+    """Replace each method `names` of `obj` by its torch.compile'd version (on the instance)."""
+    for name in names:
+        setattr(obj, name, torch.compile(getattr(obj, name), **options))

@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wmrl.envs.rollout import episode_returns
+from wmrl.infra.metrics import metric_floats as floats
 from wmrl.worldmodels.nets import EnsembleLayerNorm, EnsembleLinear, mlp
-from wmrl.worldmodels.rssm import metric_floats as floats  # scalar tensors -> floats, one sync
 
 __all__ = [
     "DeterministicActor",
@@ -107,21 +108,6 @@ class OfflineAlgorithm(nn.Module):
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """target <- (1 - tau) target + tau source, parameter by parameter (Polyak averaging)."""
     torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
-
-
-def episode_returns(env, act, episodes: int, seed: int) -> np.ndarray:
-    """Undiscounted returns (episodes,) of `act` (obs (S,) numpy -> action (A,) numpy) in `env`,
-    one reset seed per episode (seed, seed + 1, ...), so every evaluation sees the same starts."""
-    returns = []
-    for i in range(episodes):
-        obs, _ = env.reset(seed=seed + i)
-        total, done = 0.0, False
-        while not done:
-            obs, reward, terminated, truncated, _ = env.step(act(obs))
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return np.array(returns)
 
 
 # ------------------------------------------------------------------------------- data

@@ -25,15 +25,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from wmrl.envs.rollout import episode_returns
 from wmrl.offline.awac import AWAC, AWACConfig
 from wmrl.offline.bc import BC, BCConfig
-from wmrl.offline.common import (
-    Normalizer,
-    OfflineAlgorithm,
-    TransitionBuffer,
-    episode_returns,
-    symmetric_bound,
-)
+from wmrl.offline.common import Normalizer, OfflineAlgorithm, TransitionBuffer, symmetric_bound
 from wmrl.offline.cql import CQL, CQLConfig
 from wmrl.offline.edac import EDAC, EDACConfig
 from wmrl.offline.iql import IQL, IQLConfig

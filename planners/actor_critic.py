@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -36,10 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wmrl.planners.cem import map_state
-from wmrl.worldmodels.categorical_rssm import autocast, make_optimizer, straight_through_onehot
-from wmrl.worldmodels.nets import gaussian_nll, mlp
-from wmrl.worldmodels.rssm import compile_methods, settle_metrics
+from wmrl.infra.metrics import settle_metrics
+from wmrl.infra.runtime import autocast, compile_methods
+from wmrl.worldmodels.categorical_rssm import straight_through_onehot
+from wmrl.worldmodels.nets import gaussian_nll, make_optimizer, mlp
+from wmrl.worldmodels.protocol import map_state, stack_states
 
 
 @dataclass
@@ -150,22 +150,6 @@ def lambda_return(reward, value, discount, bootstrap, lambda_: float) -> torch.T
     return torch.stack(out[::-1], 1)
 
 
-def stack_tree(trees: list, dim: int = 1):
-    """Stack a list of equally structured states (tensors, dicts, lists, tuples, dataclasses)."""
-    first = trees[0]
-    if isinstance(first, torch.Tensor):
-        return torch.stack(trees, dim)
-    if isinstance(first, dict):
-        return {k: stack_tree([t[k] for t in trees], dim) for k in first}
-    if isinstance(first, list | tuple):
-        return type(first)(stack_tree(list(parts), dim) for parts in zip(*trees, strict=True))
-    if dataclasses.is_dataclass(first):
-        names = [f.name for f in dataclasses.fields(first)]
-        parts = {n: stack_tree([getattr(t, n) for t in trees], dim) for n in names}
-        return dataclasses.replace(first, **parts)
-    return first
-
-
 @contextlib.contextmanager
 def frozen(module):
     """Gradients flow through `module` but do not accumulate in its parameters."""
@@ -262,7 +246,7 @@ class ActorCritic(nn.Module):
             states.append(state)
             feats.append(feat)
             actions.append(action)
-        states = stack_tree(states, 1)
+        states = stack_states(states, 1)
         cont = model.continuation(states).float()
         if is_terminal is not None:
             first = 1.0 - torch.as_tensor(is_terminal, device=cont.device).float().reshape(-1)

@@ -8,11 +8,12 @@ final mean is executed. Everything stays on the device; N beliefs (N parallel en
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 from einops import rearrange
+
+from wmrl.worldmodels.protocol import map_state
 
 
 @dataclass
@@ -30,22 +31,6 @@ class CEMConfig:
     def __post_init__(self):
         if not 0 < self.top_k <= self.candidates:
             raise ValueError(f"need 0 < top_k <= candidates, got {self.top_k}, {self.candidates}")
-
-
-def map_state(fn, state):
-    """Apply `fn` to every tensor of a model state (a tensor, dict, list, tuple or dataclass)."""
-    if isinstance(state, torch.Tensor):
-        return fn(state)
-    if isinstance(state, dict):
-        return {k: map_state(fn, v) for k, v in state.items()}
-    if isinstance(state, list | tuple):
-        return type(state)(map_state(fn, v) for v in state)
-    if dataclasses.is_dataclass(state):
-        fields = dataclasses.fields(state)
-        return dataclasses.replace(
-            state, **{f.name: map_state(fn, getattr(state, f.name)) for f in fields}
-        )
-    return state
 
 
 @torch.no_grad()

@@ -40,7 +40,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
-from wmrl.worldmodels.rssm import metric_floats as floats  # scalar tensors -> floats, one sync
+from wmrl.infra.metrics import metric_floats as floats
+from wmrl.worldmodels.nets import mlp
 
 
 @dataclass
@@ -75,14 +76,6 @@ class NPGConfig:
             raise ValueError(f"min_log_std {self.min_log_std} > max_log_std {self.max_log_std}")
 
 
-def tanh_mlp(in_dim: int, out_dim: int, hidden: tuple[int, ...], act=nn.Tanh) -> nn.Sequential:
-    """Linear layers of sizes `hidden` with `act` after each, then a linear output."""
-    dims, mods = [in_dim, *hidden], []
-    for a, b in zip(dims[:-1], dims[1:], strict=True):
-        mods += [nn.Linear(a, b), act()]
-    return nn.Sequential(*mods, nn.Linear(dims[-1], out_dim))
-
-
 # ----------------------------------------------------------------------------- policy
 
 
@@ -108,7 +101,7 @@ class GaussianMLPPolicy(nn.Module):
         super().__init__()
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.min_log_std, self.max_log_std = min_log_std, max_log_std
-        self.net = tanh_mlp(obs_dim, action_dim, tuple(hidden))
+        self.net = mlp(obs_dim, action_dim, tuple(hidden), act=nn.Tanh)
         with torch.no_grad():
             self.net[-1].weight.mul_(1e-2)
             self.net[-1].bias.mul_(1e-2)
@@ -238,7 +231,7 @@ class MLPBaseline(nn.Module):
         epochs: int = 1,
     ):
         super().__init__()
-        self.net = tanh_mlp(obs_dim + 4, 1, tuple(hidden), act=nn.ReLU)
+        self.net = mlp(obs_dim + 4, 1, tuple(hidden), act=nn.ReLU)
         self.batch_size, self.epochs = batch_size, epochs
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=lr, weight_decay=reg_coef)
 

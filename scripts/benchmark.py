@@ -146,7 +146,8 @@ def bench_planet(device: str, repeats: int) -> dict:
     import torch
 
     from wmrl.planners.cem import CEMConfig, cem_plan
-    from wmrl.worldmodels.rssm import RSSM, make_optimizer
+    from wmrl.worldmodels.nets import make_optimizer
+    from wmrl.worldmodels.rssm import RSSM
 
     torch.manual_seed(0)
     model = RSSM((64, 64, 3), 1).to(device)

@@ -15,12 +15,13 @@ from wmrl.worldmodels.nets import (
     LayerNormGRUCell,
     MLPDecoder,
     MLPEncoder,
+    make_optimizer,
     mlp,
     postprocess_obs,
     preprocess_obs,
 )
 from wmrl.worldmodels.protocol import State, WorldModel
-from wmrl.worldmodels.rssm import RSSM, RSSMConfig, make_optimizer
+from wmrl.worldmodels.rssm import RSSM, RSSMConfig
 from wmrl.worldmodels.vae import ConvVAE, VAEConfig
 
 __all__ = [

@@ -20,13 +20,14 @@ A state is a dict with leading dims (B,) or (B, T): "deter" (..., deter), "logit
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wmrl.infra.metrics import metric_floats
+from wmrl.infra.runtime import autocast
 from wmrl.worldmodels.nets import (
     ConvDecoder,
     ConvEncoder,
@@ -34,7 +35,7 @@ from wmrl.worldmodels.nets import (
     gaussian_nll,
     mlp,
 )
-from wmrl.worldmodels.rssm import RecurrentStateSpaceModel, metric_floats
+from wmrl.worldmodels.rssm import RecurrentStateSpaceModel
 
 State = dict[str, torch.Tensor]
 
@@ -114,29 +115,6 @@ def kl_balance_loss(
         loss_prior = torch.clamp(train_prior, min=free).mean()
         loss_post = torch.clamp(train_post, min=free).mean()
     return balance * loss_prior + (1 - balance) * loss_post, value.detach()
-
-
-def make_optimizer(params, lr: float, eps: float, weight_decay: float) -> torch.optim.AdamW:
-    """danijar's `common.Optimizer`: Adam(lr, eps) with weight decay w <- (1 - wd) w applied
-    before each step, independent of the learning rate; AdamW decays by lr * weight_decay, hence
-    weight_decay / lr here. Clip gradients to the global norm yourself before `step`.
-
-    The fused implementation (one kernel over all parameters) where torch has it, on CPU and
-    CUDA: on this CPU a step over the 6.4M parameters of dmc_proprio's model and actor-critic
-    takes 5.3 ms fused against 26.3 ms with the default foreach loop."""
-    params = list(params)
-    fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(
-        params, lr=lr, eps=eps, weight_decay=weight_decay / lr, fused=fused or None
-    )
-
-
-def autocast(device: torch.device):
-    """bf16 mixed precision on CUDA (danijar trains in float16), full precision elsewhere."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 class CategoricalRSSM(RecurrentStateSpaceModel):

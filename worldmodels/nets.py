@@ -9,6 +9,7 @@ first themselves, so a model's `decode` returns frames in the same layout as its
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +48,17 @@ def postprocess_obs(x: torch.Tensor, bits: int = 5) -> torch.Tensor:
 
 
 def mlp(
-    in_dim: int, out_dim: int, hidden: int, layers: int, act=nn.ReLU, layernorm: bool = False
+    in_dim: int,
+    out_dim: int,
+    hidden: int | Sequence[int],
+    layers: int | None = None,
+    act=nn.ReLU,
+    layernorm: bool = False,
 ) -> nn.Sequential:
-    """`layers` hidden layers of width `hidden` (Linear, LayerNorm if `layernorm`, act), then a
-    linear output layer."""
-    dims = [in_dim] + [hidden] * layers
+    """Hidden layers (Linear, LayerNorm if `layernorm`, act), then a linear output layer: `layers`
+    of width `hidden`, or one per width when `hidden` is a sequence (`layers` then unused)."""
+    widths = [hidden] * int(layers or 0) if isinstance(hidden, int) else list(hidden)
+    dims = [in_dim, *widths]
     modules: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:], strict=True):
         modules += [nn.Linear(a, b), *([nn.LayerNorm(b)] if layernorm else []), act()]
@@ -191,3 +198,31 @@ class LayerNormGRUCell(nn.Module):
         cand = torch.tanh(torch.sigmoid(reset) * cand)
         update = torch.sigmoid(update + self.update_bias)
         return update * cand + (1 - update) * h
+
+
+def make_optimizer(
+    params, lr: float | None = None, eps: float | None = None, weight_decay: float | None = None
+) -> torch.optim.AdamW:
+    """Adam(lr, eps) with weight decay w <- (1 - weight_decay) w before each step, independent of
+    the learning rate (danijar's `common.Optimizer`; with no decay, PlaNet's plain Adam). AdamW
+    decays by lr * weight_decay, hence weight_decay / lr here. Clip gradients to the global norm
+    yourself before `step` (the models' `train_step` does).
+
+    Args:
+        params: parameters, or a model whose `cfg` supplies what is not given: `lr`, `adam_eps`
+            and `weight_decay` (0 where the config has none).
+    Returns the fused implementation (one kernel over all parameters) on CPU and CUDA, where a
+    step over many small tensors would otherwise be a Python loop of kernels."""
+    cfg = getattr(params, "cfg", None)
+    if cfg is not None:
+        lr = cfg.lr if lr is None else lr
+        eps = cfg.adam_eps if eps is None else eps
+        weight_decay = getattr(cfg, "weight_decay", 0.0) if weight_decay is None else weight_decay
+        params = params.parameters()
+    if lr is None or eps is None:
+        raise TypeError("make_optimizer needs lr and eps, or a model whose cfg has them")
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(
+        params, lr=lr, eps=eps, weight_decay=(weight_decay or 0.0) / lr, fused=fused or None
+    )

@@ -15,6 +15,7 @@ arriving at o_t.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -73,11 +74,6 @@ class WorldModel(Protocol):
         """
 
 
-def stack_states(states: list[State], dim: int = 1) -> State:
-    """A list of dict states (B,) -> one state (B, T)."""
-    return {k: torch.stack([s[k] for s in states], dim) for k in states[0]}
-
-
 def open_loop(model, state: State, actions: torch.Tensor) -> State:
     """`imagine` from `img_step`, for models whose states are dicts of tensors:
     state (B,), actions (B, H, A) -> states (B, H), where states[:, h] follows actions[:, h]."""
@@ -86,3 +82,36 @@ def open_loop(model, state: State, actions: torch.Tensor) -> State:
         state = model.img_step(state, actions[:, h])
         states.append(state)
     return stack_states(states)
+
+
+def map_state(fn, state):
+    """Apply `fn` to every tensor of a model state (a tensor, dict, list, tuple or dataclass)."""
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, dict):
+        return {k: map_state(fn, v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(map_state(fn, v) for v in state)
+    if dataclasses.is_dataclass(state):
+        fields = dataclasses.fields(state)
+        return dataclasses.replace(
+            state, **{f.name: map_state(fn, getattr(state, f.name)) for f in fields}
+        )
+    return state
+
+
+def stack_states(trees: list, dim: int = 1):
+    """Stack a list of equally structured states (tensors, dicts, lists, tuples, dataclasses),
+    e.g. T states (B,) -> one state (B, T) with dim=1."""
+    first = trees[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(trees, dim)
+    if isinstance(first, dict):
+        return {k: stack_states([t[k] for t in trees], dim) for k in first}
+    if isinstance(first, list | tuple):
+        return type(first)(stack_states(list(parts), dim) for parts in zip(*trees, strict=True))
+    if dataclasses.is_dataclass(first):
+        names = [f.name for f in dataclasses.fields(first)]
+        parts = {n: stack_states([getattr(t, n) for t in trees], dim) for n in names}
+        return dataclasses.replace(first, **parts)
+    return first

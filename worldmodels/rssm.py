@@ -18,13 +18,14 @@ A state is a dict of tensors with leading dims (B,) or (B, T): "deter" (..., det
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wmrl.infra.metrics import metric_floats, settle_metrics
+from wmrl.infra.runtime import compile_methods
 from wmrl.worldmodels.nets import (
     ConvDecoder,
     ConvEncoder,
@@ -364,42 +365,3 @@ class RSSM(RecurrentStateSpaceModel):
         the step touches the weights. Returns the metrics plus `grad_norm` (before clipping)."""
         loss, metrics, _ = self._loss(batch)
         return self._optimize(loss, metrics, optimizer)
-
-
-def make_optimizer(model: RSSM, cfg: RSSMConfig | None = None) -> torch.optim.Adam:
-    """Adam(lr, eps) as in PlaNet; clip gradients with `RSSM.train_step` (or
-    clip_grad_norm_(params, cfg.grad_clip) in a custom loop). PlaNet also ramps the learning
-    rate linearly over its first 10k steps, which is the training loop's business."""
-    cfg = cfg or model.cfg
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-
-
-def compile_methods(obj, names, **options) -> None:
-    """Replace each method `names` of `obj` by its torch.compile'd version (on the instance)."""
-    for name in names:
-        setattr(obj, name, torch.compile(getattr(obj, name), **options))
-
-
-def metric_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Scalar tensors -> floats in one device-to-host copy."""
-    values = torch.stack([v.detach().float() for v in metrics.values()]).tolist()
-    return dict(zip(metrics, values, strict=True))
-
-
-def settle_metrics(metrics: dict[str, torch.Tensor], sync: bool, what: str, fix: str) -> dict:
-    """An update's metrics before its optimizer step: with `sync`, floats in one host sync,
-    raising FloatingPointError (see `check_finite`) so that a non-finite update never reaches
-    the weights; without it, detached device tensors, nothing waiting for the device."""
-    if not sync:
-        return {k: v.detach() for k, v in metrics.items()}
-    out = metric_floats(metrics)
-    check_finite(out, what, fix)
-    return out
-
-
-def check_finite(metrics: dict[str, float], what: str, fix: str) -> None:
-    """Raise FloatingPointError naming `what`, the non-finite metrics and `fix` if any metric
-    is NaN or infinite."""
-    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-    if bad:
-        raise FloatingPointError(f"{what} is not finite ({bad}); {fix}")

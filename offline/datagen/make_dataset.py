@@ -38,11 +38,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from wmrl.offline.common import TanhGaussianActor, TransitionBuffer, symmetric_bound
-
 # Snapshots and reference scores: returns of episode i reset with seed + i (the same starts for
 # every snapshot); a module name, so that tests can count the calls.
-from wmrl.offline.common import episode_returns as evaluate
+from wmrl.envs.rollout import episode_returns as evaluate
+from wmrl.envs.rollout import random_policy
+from wmrl.offline.common import TanhGaussianActor, TransitionBuffer, symmetric_bound
 from wmrl.offline.datagen.online_sac import SAC, SACConfig
 
 KINDS = ("random", "medium", "medium-replay", "medium-expert", "expert")
@@ -266,11 +266,6 @@ def actor_policy(actor: TanhGaussianActor, deterministic: bool, space: gym.space
         return actor(x, deterministic)[0][0].cpu().numpy().astype(space.dtype)
 
     return policy
-
-
-def random_policy(space: gym.spaces.Box, seed: int):
-    space.seed(seed)
-    return lambda obs: space.sample()
 
 
 def rollout(env: gym.Env, policy, steps: int, seed: int, desc: str) -> list[dict]:

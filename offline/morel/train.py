@@ -71,7 +71,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from wmrl.offline.common import episode_returns, floats, symmetric_bound
+from wmrl.envs.rollout import episode_returns
+from wmrl.offline.common import floats, symmetric_bound
 from wmrl.offline.morel.pmdp import PessimisticMDP, PessimisticModel
 from wmrl.offline.trainer import eval_env_for
 from wmrl.planners.cem import CEMConfig, Planner

@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wmrl.envs.replay import open_replay, replay_checkpoint
+from wmrl.envs.rollout import env_action_repeat, random_policy, run_episode
+from wmrl.infra.metrics import check_finite
 from wmrl.planners.actor_critic import ActorCritic, ActorCriticConfig
-from wmrl.planners.cem import map_state
-from wmrl.planners.methods.planet import env_action_repeat, run_episode
-from wmrl.planners.methods.runs import LoadedRun, open_replay, openloop_frames, replay_checkpoint
-from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig, make_optimizer
-from wmrl.worldmodels.rssm import check_finite
+from wmrl.planners.methods.runs import LoadedRun, openloop_frames
+from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
+from wmrl.worldmodels.nets import make_optimizer
+from wmrl.worldmodels.protocol import map_state
 
 
 @dataclass
@@ -134,7 +136,7 @@ def build(cfg: DreamerConfig, device):
     """The env of `cfg`, a world model and an actor-critic sized for its spaces:
     (model, actor_critic, env)."""
     from wmrl.envs import make
-    from wmrl.envs.collect import env_options
+    from wmrl.envs.registry import env_options
 
     env = make(cfg.env, **env_options(cfg))
     space = env.action_space
@@ -190,8 +192,8 @@ def make_update(model: CategoricalRSSM, ac: ActorCritic, optimizer, device, sync
 def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     """Train DreamerV2 as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
     checkpoint and replay) up to `cfg.steps` env steps. Returns a summary dict."""
-    from wmrl.envs.collect import Collector, env_options
-    from wmrl.envs.registry import make_vector
+    from wmrl.envs.collect import Collector
+    from wmrl.envs.registry import env_options, make_vector
     from wmrl.infra import (
         Logger,
         load_checkpoint,
@@ -319,10 +321,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         cfg.env, cfg.num_envs, seed=seed, asynchronous=cfg.num_envs > 1, **env_options(cfg)
     )
     collector = Collector(vec, replay, seed=seed)
-    low, high = vec.single_action_space.low, vec.single_action_space.high
-
-    def random_policy(obs):
-        return rng.uniform(low, high, (cfg.num_envs, *low.shape)).astype(np.float32)
+    explore = random_policy(vec.action_space, rng=rng)
 
     def act(obs):
         return policy.act(obs, collector.is_first, sample=True)
@@ -333,7 +332,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         if replay.total_steps < cfg.prefill:
             prefill_returns = []
             while replay.total_steps < cfg.prefill:
-                prefill_returns += [e.ret for e in collector.run(random_policy, episodes=1)]
+                prefill_returns += [e.ret for e in collector.run(explore, episodes=1)]
             logger.log(env_steps(), {"prefill/return": float(np.mean(prefill_returns))})
             bar.update(env_steps() - bar.n)
         if not pretrained:
@@ -410,7 +409,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
 
 def load_run(run_dir: Path, device) -> LoadedRun:
     """A saved Dreamer run for `planners.methods.runs.load_run` (scripts/render_gif.py)."""
-    from wmrl.envs.collect import env_options
+    from wmrl.envs.registry import env_options
     from wmrl.infra import load_checkpoint, load_config
 
     cfg = load_config(DreamerConfig, run_dir)

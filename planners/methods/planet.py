@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wmrl.envs.replay import open_replay, replay_checkpoint
+from wmrl.envs.rollout import env_action_repeat, random_policy, run_episode
 from wmrl.planners.cem import CEMConfig, Planner
-from wmrl.planners.methods.runs import LoadedRun, open_replay, openloop_frames, replay_checkpoint
-from wmrl.worldmodels.rssm import RSSM, RSSMConfig, make_optimizer
+from wmrl.planners.methods.runs import LoadedRun, openloop_frames
+from wmrl.worldmodels.nets import make_optimizer
+from wmrl.worldmodels.rssm import RSSM, RSSMConfig
 
 
 @dataclass
@@ -78,46 +81,6 @@ PRESETS = {
 }
 
 
-def env_action_repeat(env) -> int:
-    """The action repeat of an env built by `envs.make` (DMCEnv's or the ActionRepeat
-    wrapper's), 1 when there is none."""
-    repeat, current = 1, env
-    while current is not None:
-        if hasattr(current, "repeat") and type(current).__name__ == "ActionRepeat":
-            repeat *= int(current.repeat)
-        if hasattr(current, "action_repeat") and type(current).__name__ == "DMCEnv":
-            repeat *= int(current.action_repeat)
-        current = getattr(current, "env", None)
-    return repeat
-
-
-def run_episode(env, policy, replay=None, record: bool = False):
-    """One episode with `policy(obs) -> action (A,)`; transitions go into `replay` if given.
-
-    Returns (return, policy steps, rows) where rows, if `record`, is the episode in the replay's
-    row layout ({"obs": (T+1, ...), "action": (T+1, A)} with action[t] = a_(t-1)), else None.
-    """
-    obs, _ = env.reset()
-    if replay is not None:
-        replay.add_reset(obs)
-    observations, actions = [obs], [np.zeros(env.action_space.shape, np.float32)]
-    ret, steps = 0.0, 0
-    while True:
-        action = np.asarray(policy(obs), dtype=np.float32)
-        obs, reward, terminated, truncated, _ = env.step(action)
-        if replay is not None:
-            replay.add_step(action, reward, obs, bool(terminated), bool(truncated))
-        if record:
-            observations.append(obs)
-            actions.append(action)
-        ret += float(reward)
-        steps += 1
-        if terminated or truncated:
-            break
-    rows = {"obs": np.stack(observations), "action": np.stack(actions)} if record else None
-    return ret, steps, rows
-
-
 def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
     """Train PlaNet as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
     checkpoint and replay) up to `cfg.episodes`. Returns a summary dict."""
@@ -139,7 +102,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
     model, env = build_model(cfg, device)
     repeat = env_action_repeat(env)
     action_dim = int(np.prod(env.action_space.shape))
-    optimizer = make_optimizer(model, cfg.model)
+    optimizer = make_optimizer(model)
     pixels = model.pixels
     meta = {
         "job": "planet",
@@ -183,10 +146,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
 
     logger = Logger(run_dir, resume_step=env_steps() if resume else None)
     planner = Planner(model, action_dim, cfg.cem, device=device)
-    low, high = env.action_space.low, env.action_space.high
-
-    def random_policy(obs):
-        return rng.uniform(low, high).astype(np.float32)
+    explore = random_policy(env.action_space, rng=rng)
 
     def planner_policy(explore):
         def act(obs):
@@ -207,7 +167,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
         if replay.total_episodes < cfg.seed_episodes:
             seed_returns = []
             while replay.total_episodes < cfg.seed_episodes:
-                seed_returns.append(run_episode(env, random_policy, replay)[0])
+                seed_returns.append(run_episode(env, explore, replay)[0])
             logger.log(env_steps(), {"seed/return": float(np.mean(seed_returns))})
             checkpoint()
         while done < cfg.episodes:
@@ -271,7 +231,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
 def build_model(cfg: PlaNetConfig, device) -> tuple[RSSM, object]:
     """The env of `cfg` and an RSSM sized for its spaces: (model, env)."""
     from wmrl.envs import make
-    from wmrl.envs.collect import env_options
+    from wmrl.envs.registry import env_options
 
     env = make(cfg.env, **env_options(cfg))
     obs_shape, action_dim = env.observation_space.shape, int(np.prod(env.action_space.shape))
@@ -280,7 +240,7 @@ def build_model(cfg: PlaNetConfig, device) -> tuple[RSSM, object]:
 
 def load_run(run_dir: Path, device) -> LoadedRun:
     """A saved PlaNet run for `planners.methods.runs.load_run` (scripts/render_gif.py)."""
-    from wmrl.envs.collect import env_options
+    from wmrl.envs.registry import env_options
     from wmrl.infra import load_checkpoint, load_config
 
     cfg = load_config(PlaNetConfig, run_dir)

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from wmrl.envs.registry import env_options
 from wmrl.planners.controller import (
     ControllerConfig,
     ControllerSearch,
@@ -121,15 +122,6 @@ PRESETS = {
         "controller.eval_episodes": 2,
     },
 }
-
-
-def env_options(cfg: WorldModelsConfig) -> dict:
-    """The `envs.make` options a config asks for (unset ones keep the env's defaults)."""
-    options = {}
-    for name in ("obs_type", "action_repeat", "max_episode_steps"):
-        if getattr(cfg, name) is not None:
-            options[name] = getattr(cfg, name)
-    return options
 
 
 def _meta(cfg: WorldModelsConfig, stage: str | None = None) -> dict:
@@ -232,9 +224,10 @@ def brownian_policy(action_space, seed: int | None = None, dt: float = 1 / 50):
 def stage_collect(cfg, run_dir: Path, device, logger) -> dict:
     """Random-action episodes (`collect_policy`) into run_dir/rollouts; resumes from the
     episode files already there."""
-    from wmrl.envs.collect import Collector, random_policy
+    from wmrl.envs.collect import Collector
     from wmrl.envs.registry import make_vector
     from wmrl.envs.replay import EpisodeReplay
+    from wmrl.envs.rollout import random_policy
     from wmrl.infra import progress
 
     directory = run_dir / ROLLOUT_DIR

@@ -17,10 +17,9 @@ from wmrl.worldmodels.categorical_rssm import (
     CategoricalRSSMConfig,
     kl_balance_loss,
     kl_categorical,
-    make_optimizer,
     straight_through_onehot,
 )
-from wmrl.worldmodels.nets import LayerNormGRUCell
+from wmrl.worldmodels.nets import LayerNormGRUCell, make_optimizer
 
 PIXELS, VECTOR = (64, 64, 3), (5,)
 A = 2
