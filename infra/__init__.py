@@ -1,5 +1,6 @@
-"""Run infrastructure shared by every layer (and importing none of them): dataclass configs with
-command-line overrides and presets, the logger (TensorBoard, metrics.jsonl, GIFs), progress bars,
+"""Run infrastructure shared by every layer (and importing none of them): the run skeleton every
+training loop uses (`Run`, `Every`, `MeanMetrics`), dataclass configs with command-line
+overrides and presets, the logger (TensorBoard, metrics.jsonl, GIFs), progress bars,
 atomic checkpoints and run directories, seeding and device choice."""
 
 from wmrl.infra.checkpoint import (
@@ -21,19 +22,26 @@ from wmrl.infra.config import (
     to_dict,
 )
 from wmrl.infra.logger import Logger, encode_gif, progress, read_metrics
+from wmrl.infra.metrics import MeanMetrics, check_finite, metric_floats, settle_metrics
+from wmrl.infra.run import Every, Run
 from wmrl.infra.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
 __all__ = [
     "CHECKPOINT_FILE",
     "CheckpointError",
+    "Every",
+    "MeanMetrics",
+    "Run",
     "ConfigError",
     "Logger",
     "apply_overrides",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_finite",
     "encode_gif",
     "load_checkpoint",
     "load_config",
+    "metric_floats",
     "parse_config",
     "prepare_run_dir",
     "progress",
@@ -45,5 +53,6 @@ __all__ = [
     "save_config",
     "seed_everything",
     "set_rng_state",
+    "settle_metrics",
     "to_dict",
 ]

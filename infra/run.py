@@ -1,0 +1,159 @@
+"""The run skeleton every training loop uses, written once: run directory, saved config, seed,
+device, resume from a meta-checked checkpoint, logger, progress bar, wall clock across resumes.
+
+    with Run(cfg, resume) as run:                     # directory, seed, device
+        model = build(...).to(run.device)
+        state = run.restore(meta={"job": "planet", "env": cfg.env})  # None for a new run
+        step = state["step"] if state else 0
+        run.begin(step, total=cfg.steps, unit="step")  # logger and progress bar
+        every_eval = Every(cfg.eval_every, start=step)
+        while step < cfg.steps:
+            ...
+            run.log(step, row)
+            if every_eval(step):
+                ...
+            run.checkpoint({"model": model.state_dict(), "step": step})
+            run.advance(step, ret=f"{ret:.1f}")
+    # leaving the block closes the bar, the logger and whatever `run.closing` was given
+
+What the skeleton adds to every checkpoint, and restores from it: every RNG's state (`"rng"`)
+and the wall-clock seconds of the run so far (`"wall_s"`). A loop's own state (weights,
+counters, replay position) is what it passes to `checkpoint` and reads back from `restore`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from wmrl.infra.checkpoint import CHECKPOINT_FILE, load_checkpoint, prepare_run_dir
+from wmrl.infra.checkpoint import save_checkpoint as _save
+from wmrl.infra.config import save_config
+from wmrl.infra.logger import Logger, progress
+from wmrl.infra.runtime import resolve_device, rng_state, seed_everything, set_rng_state
+
+
+class Every:
+    """How many multiples of `period` a counter has passed since the last call: danijar's
+    `Every` for counters that may jump by more than one (several envs stepping at once).
+
+        train = Every(5, start=step)   # counts from `step`, not from 0
+        updates = train(step)          # 0, or the multiples of 5 in (last step, step]
+
+    A period of 0 or less is never due.
+    """
+
+    def __init__(self, period: int, start: int = 0):
+        self.period, self.last = int(period), int(start)
+
+    def __call__(self, step: int) -> int:
+        if self.period <= 0:
+            return 0
+        due = step // self.period - self.last // self.period
+        self.last = step
+        return max(due, 0)
+
+
+class Run:
+    """One training run. Construction makes (or, on resume, finds) the run directory, seeds every
+    generator with `cfg.seed` and picks the device; `restore`, `begin`, `log`, `checkpoint` and
+    `advance` are the rest of the life of a run. Use it as a context manager.
+
+    Args:
+        cfg: the run's config dataclass: `logdir`, `seed` and, where the job uses one, `device`.
+        resume: continue the run in `cfg.logdir` (its checkpoint must exist).
+        desc: the progress bar's label.
+        tensorboard: write TensorBoard events beside metrics.jsonl.
+    """
+
+    def __init__(self, cfg, resume: bool = False, desc: str = "", tensorboard: bool = True):
+        self.cfg, self.resume, self.desc, self.tensorboard = cfg, bool(resume), desc, tensorboard
+        self.dir: Path = prepare_run_dir(cfg.logdir, self.resume)
+        seed_everything(cfg.seed)
+        self.device = resolve_device(getattr(cfg, "device", "cpu"))
+        self.meta: dict = {}
+        self.logger: Logger | None = None
+        self.bar = None
+        self._closing: list = []
+        self._wall0, self._start = 0.0, time.perf_counter()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / CHECKPOINT_FILE
+
+    def restore(self, meta: Mapping[str, Any], write_config: bool = True) -> dict | None:
+        """The checkpoint's state on resume (its meta must match `meta`; tensors on the run's
+        device; RNGs and wall clock put back), None for a new run. Then, unless told otherwise,
+        writes the config: on resume too, since a larger budget is the run's config from now on
+        (it is written only after the checkpoint has been accepted)."""
+        self.meta = dict(meta)
+        state = None
+        if self.resume:
+            state = load_checkpoint(self.checkpoint_path, self.meta, map_location=self.device)
+            if "rng" in state:
+                set_rng_state(state["rng"])
+            self._wall0 = float(state.get("wall_s", 0.0))
+            self._start = time.perf_counter()
+        if write_config:
+            self.save_config()
+        return state
+
+    def save_config(self) -> None:
+        save_config(self.cfg, self.dir)
+
+    def begin(self, step: int, total: int | None = None, initial: int | None = None,
+              unit: str = "step") -> None:  # fmt: skip
+        """Open the logger (on resume, rows and events after `step` are dropped: the run writes
+        them again) and the progress bar (at `initial`, default `step`, of `total`)."""
+        self.logger = Logger(
+            self.dir, resume_step=step if self.resume else None, tensorboard=self.tensorboard
+        )
+        start = step if initial is None else initial
+        self.bar = progress(total, initial=start, desc=self.desc, unit=unit)
+
+    def log(self, step: int, row: Mapping[str, float]) -> None:
+        """One row of scalars at `step` (metrics.jsonl and TensorBoard)."""
+        self.logger.log(step, row)
+
+    def video(self, step: int, name: str, frames) -> Path:
+        """A video (T, H, W, C) as `gifs/<name>_<step>.gif` and in TensorBoard."""
+        return self.logger.video(step, name, frames)
+
+    def advance(self, n: int, **postfix) -> None:
+        """Move the progress bar to `n` (of its total), showing `postfix` beside it."""
+        if self.bar is not None:
+            self.bar.update(n - self.bar.n)
+            if postfix:
+                self.bar.set_postfix(**postfix)
+
+    def wall(self) -> float:
+        """Seconds this run has run, over all its resumes."""
+        return self._wall0 + time.perf_counter() - self._start
+
+    def checkpoint(self, state: Mapping[str, Any], path: Path | str | None = None) -> None:
+        """Write `state` atomically with the run's meta, every RNG's state and the wall clock;
+        `path` defaults to the run's checkpoint.pt."""
+        full = {**state, "rng": rng_state(), "wall_s": self.wall()}
+        _save(self.checkpoint_path if path is None else path, full, meta=self.meta)
+
+    def closing(self, *things):
+        """Close `things` (envs, vector envs) when the run ends; returns the first."""
+        self._closing.extend(things)
+        return things[0] if things else None
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.logger is not None:
+            self.logger.close()
+        for thing in reversed(self._closing):
+            thing.close()
+        self._closing.clear()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
