@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from wmrl.envs.collect import Collector
+from wmrl.envs.registry import env_options, make, make_vector
 from wmrl.envs.replay import open_replay, replay_checkpoint
 from wmrl.envs.rollout import env_action_repeat, random_policy, run_episode
-from wmrl.infra.metrics import check_finite
+from wmrl.infra.checkpoint import load_checkpoint
+from wmrl.infra.config import load_config
+from wmrl.infra.metrics import MeanMetrics
+from wmrl.infra.run import Every, Run
 from wmrl.planners.actor_critic import ActorCritic, ActorCriticConfig
 from wmrl.planners.methods.runs import LoadedRun, openloop_frames
 from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
@@ -135,9 +140,6 @@ class DreamerPolicy:
 def build(cfg: DreamerConfig, device):
     """The env of `cfg`, a world model and an actor-critic sized for its spaces:
     (model, actor_critic, env)."""
-    from wmrl.envs import make
-    from wmrl.envs.registry import env_options
-
     env = make(cfg.env, **env_options(cfg))
     space = env.action_space
     if not hasattr(space, "shape") or space.shape is None or len(space.shape) != 1:
@@ -189,196 +191,191 @@ def make_update(model: CategoricalRSSM, ac: ActorCritic, optimizer, device, sync
     return update
 
 
+class Learner:
+    """The world model, the actor-critic and the model's optimiser, trained on replay batches.
+
+    Updates run without host syncs: their metrics add up on the device (`metrics`) and reach
+    the host once per logged episode, where a non-finite update is caught before the checkpoint
+    that would save it."""
+
+    def __init__(self, model: CategoricalRSSM, ac: ActorCritic, cfg: DreamerConfig, device):
+        self.model, self.ac, self.cfg = model, ac, cfg
+        self.optimizer = make_optimizer(model)
+        self.update = make_update(model, ac, self.optimizer, device, sync=False)
+        self.metrics = MeanMetrics()
+
+    def train(self, replay, updates: int) -> None:
+        """`updates` updates on batches (batch_size x batch_length) sampled from `replay`."""
+        self.model.train()
+        for _ in range(updates):
+            self.metrics.add(self.update(replay.sample(self.cfg.batch_size, self.cfg.batch_length)))
+        self.model.eval()
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "actor_critic": self.ac.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ac_optimizers": self.ac.optimizers_state_dict(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ac.load_state_dict(state["actor_critic"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ac.load_optimizers_state_dict(state["ac_optimizers"])
+
+
+@dataclass
+class Progress:
+    """What a Dreamer run has done, saved in its checkpoint beside the weights and the replay."""
+
+    episodes: int = 0  # training episodes finished (the prefill's not counted)
+    pretrained: bool = False  # the pretraining updates after the prefill are done
+    last_eval: int = 0  # policy steps in the replay at the last evaluation
+    eval_return: float | None = None
+
+    @classmethod
+    def from_state(cls, state: dict | None) -> Progress:
+        if state is None:
+            return cls()
+        return cls(int(state["episodes"]), bool(state["pretrained"]),
+                   int(state["last_eval"]), state.get("eval_return"))  # fmt: skip
+
+
+def evaluate(env, policy: DreamerPolicy, episodes: int) -> float:
+    """The mean return of `episodes` episodes of the actor's mode in `env`."""
+    returns = []
+    for _ in range(episodes):
+        policy.reset()
+        returns.append(run_episode(env, lambda obs: policy(obs, sample=False))[0])
+    return float(np.mean(returns))
+
+
+def openloop_gif(run: Run, model: CategoricalRSSM, replay, cfg: DreamerConfig, step: int) -> None:
+    """The open-loop video of the newest replay episode (pixel models only) into the run."""
+    if not model.pixels:
+        return
+    ep = replay.last_episode()
+    actions = np.concatenate([np.zeros_like(ep["actions"][:1]), ep["actions"]])
+    frames = openloop_frames(
+        model, ep["observations"], actions, cfg.openloop_context, cfg.openloop_horizon
+    )
+    run.video(step, "openloop", frames)
+
+
+class Throughput:
+    """Env steps and updates per second of wall clock since the last `rates` call."""
+
+    def __init__(self, repeat: int):
+        self.repeat, self.start, self.steps, self.updates = repeat, time.perf_counter(), 0, 0
+
+    def add(self, policy_steps: int, updates: int) -> None:
+        self.steps += policy_steps
+        self.updates += updates
+
+    def rates(self) -> dict[str, float]:
+        now = time.perf_counter()
+        seconds = max(now - self.start, 1e-9)
+        out = {  # env steps/s counts the updates' time too
+            "train/fps": self.steps * self.repeat / seconds,
+            "train/updates_per_s": self.updates / seconds,
+        }
+        self.start, self.steps, self.updates = now, 0, 0
+        return out
+
+
+def episode_row(finished: list, metrics: dict, learner: Learner, replay, meter: Throughput):
+    """The logged row for the training episodes that just finished: the updates' mean metrics,
+    returns and lengths, and the throughput since the last row."""
+    row = {f"train/{k}": v for k, v in metrics.items()}
+    row["train/return"] = float(np.mean([e.ret for e in finished]))
+    row["train/length"] = float(np.mean([e.length for e in finished]))
+    row.update({"train/updates": int(learner.ac.updates), "train/episodes": replay.total_episodes})
+    return {**row, **meter.rates()}
+
+
+def save(run: Run, learner: Learner, done: Progress, replay, rng, repeat: int) -> None:
+    """The run's checkpoint: weights and optimisers, progress, and where the replay stands."""
+    extra = {"env_steps": replay.total_steps * repeat, **replay_checkpoint(replay, rng)}
+    run.checkpoint({**learner.state_dict(), **asdict(done), **extra})
+
+
 def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     """Train DreamerV2 as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
     checkpoint and replay) up to `cfg.steps` env steps. Returns a summary dict."""
-    from wmrl.envs.collect import Collector
-    from wmrl.envs.registry import env_options, make_vector
-    from wmrl.infra import (
-        Logger,
-        load_checkpoint,
-        prepare_run_dir,
-        progress,
-        resolve_device,
-        save_checkpoint,
-        save_config,
-        seed_everything,
-        set_rng_state,
-    )
-
     if cfg.num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {cfg.num_envs}")
-    run_dir = prepare_run_dir(cfg.logdir, resume)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    model, ac, env = build(cfg, device)
-    repeat = env_action_repeat(env)
-    optimizer = make_optimizer(
-        model.parameters(), cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay
-    )
-    meta = {
-        "job": "dreamer",
-        "env": cfg.env,
-        "obs_type": "pixels" if model.pixels else "state",
-        "deter": cfg.model.deter,
-        "stoch": cfg.model.stoch,
-        "classes": cfg.model.classes,
-    }
-    ckpt_path = run_dir / "checkpoint.pt"
-    if resume:
-        state = load_checkpoint(ckpt_path, expect_meta=meta, map_location=device)
-        model.load_state_dict(state["model"])
-        ac.load_state_dict(state["actor_critic"])
-        optimizer.load_state_dict(state["optimizer"])
-        ac.load_optimizers_state_dict(state["ac_optimizers"])
-        set_rng_state(state["rng"])
-        episodes, pretrained = int(state["episodes"]), bool(state["pretrained"])
-        last_eval, eval_return = int(state["last_eval"]), state.get("eval_return")
-    else:
-        state, episodes, pretrained, last_eval, eval_return = None, 0, False, 0, None
-    replay, rng = open_replay(run_dir, cfg.capacity, cfg.seed, state)
-    save_config(cfg, run_dir)  # on resume too: a larger budget is the run's config from now on
-    # A fresh env seed after a resume: the interrupted env's state cannot be restored.
-    env.reset(seed=cfg.seed + 1000 * replay.total_episodes)
+    with Run(cfg, resume, desc="dreamer") as run:
+        model, ac, env = build(cfg, run.device)
+        run.closing(env)
+        repeat, learner = env_action_repeat(env), Learner(model, ac, cfg, run.device)
+        state = run.restore(meta(cfg, model))
+        if state is not None:
+            learner.load_state_dict(state)
+        done = Progress.from_state(state)
+        replay, rng = open_replay(run.dir, cfg.capacity, cfg.seed, state)
 
-    def env_steps() -> int:
-        return replay.total_steps * repeat
-
-    def checkpoint() -> None:
-        state = {
-            "model": model.state_dict(),
-            "actor_critic": ac.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "ac_optimizers": ac.optimizers_state_dict(),
-            "episodes": episodes,
-            "pretrained": pretrained,
-            "last_eval": last_eval,
-            "env_steps": env_steps(),
-            "eval_return": eval_return,
-            **replay_checkpoint(replay, rng),
-        }
-        save_checkpoint(ckpt_path, state, meta=meta)
-
-    logger = Logger(run_dir, resume_step=env_steps() if resume else None)
-    policy = DreamerPolicy(model, ac, device, cfg.num_envs)
-    eval_policy = DreamerPolicy(model, ac, device)
-    # The updates run without host syncs; their metrics add up on the device and come to the
-    # host once per logged episode (`mean_metrics`), which is also where a non-finite update is
-    # caught: always before the checkpoint that would save it.
-    update = make_update(model, ac, optimizer, device, sync=False)
-    sums: dict = {}  # "keys": the metric names, "sum": their running sums (K,) on the device
-    counts = {"updates": 0, "since": env_steps()}
-
-    def train(n: int) -> None:
-        model.train()
-        for _ in range(n):
-            metrics = update(replay.sample(cfg.batch_size, cfg.batch_length))
-            values = torch.stack([v.float() for v in metrics.values()])  # one add per update
-            sums["sum"] = sums["sum"] + values if sums else values
-            sums["keys"] = list(metrics)
-            counts["updates"] += 1
-        model.eval()
-
-    def mean_metrics() -> dict[str, float]:
-        """The mean of each metric since the last call (one host sync); raises
-        FloatingPointError if any update in between was not finite."""
-        n, since = max(counts["updates"], 1), counts["since"]
-        totals = sums["sum"].tolist() if sums else []
-        means = {k: v / n for k, v in zip(sums.get("keys", []), totals, strict=True)}
-        sums.clear()
-        counts["updates"], counts["since"] = 0, env_steps()
-        check_finite(
-            means,
-            f"a Dreamer update between env steps {since} and {env_steps()} in {run_dir}",
-            "the checkpoint from before it is intact: resume from it with lower learning "
-            "rates (--model.lr, --ac.actor-lr, --ac.critic-lr)",
+        # `num_envs` envs collect together (one batched policy call); evaluation runs in `env`.
+        # A fresh env seed after a resume: the interrupted envs' unfinished episodes are not in
+        # the replay and their states cannot be restored.
+        seed = cfg.seed + 1000 * replay.total_episodes
+        env.reset(seed=seed)
+        vec = make_vector(
+            cfg.env, cfg.num_envs, seed=seed, asynchronous=cfg.num_envs > 1, **env_options(cfg)
         )
-        return means
+        run.closing(vec)
+        collector = Collector(vec, replay, seed=seed)
+        policy = DreamerPolicy(model, ac, run.device, cfg.num_envs)
+        eval_policy = DreamerPolicy(model, ac, run.device)
+        run.begin(replay.total_steps * repeat, total=cfg.steps)
 
-    def openloop_gif() -> None:
-        """The open-loop video of the newest replay episode (pixel models)."""
-        if not model.pixels:
-            return
-        ep = replay.last_episode()
-        actions = np.concatenate([np.zeros_like(ep["actions"][:1]), ep["actions"]])
-        frames = openloop_frames(
-            model, ep["observations"], actions, cfg.openloop_context, cfg.openloop_horizon
-        )
-        logger.video(env_steps(), "openloop", frames)
-
-    def evaluate() -> float:
-        returns = []
-        for _ in range(cfg.eval_episodes):
-            eval_policy.reset()
-            returns.append(run_episode(env, lambda obs: eval_policy(obs, sample=False))[0])
-        return float(np.mean(returns))
-
-    # Collection: `num_envs` envs step together (one batched policy call); the eval episodes
-    # run in `env`. A fresh env seed after a resume: the interrupted envs cannot be restored,
-    # and their unfinished episodes are not in the replay.
-    seed = cfg.seed + 1000 * replay.total_episodes
-    vec = make_vector(
-        cfg.env, cfg.num_envs, seed=seed, asynchronous=cfg.num_envs > 1, **env_options(cfg)
-    )
-    collector = Collector(vec, replay, seed=seed)
-    explore = random_policy(vec.action_space, rng=rng)
-
-    def act(obs):
-        return policy.act(obs, collector.is_first, sample=True)
-
-    bar = progress(cfg.steps, initial=env_steps(), desc="dreamer", unit="step")
-    train_return, finished_since = None, 0
-    try:
         if replay.total_steps < cfg.prefill:
-            prefill_returns = []
+            explore, returns = random_policy(vec.action_space, rng=rng), []
             while replay.total_steps < cfg.prefill:
-                prefill_returns += [e.ret for e in collector.run(explore, episodes=1)]
-            logger.log(env_steps(), {"prefill/return": float(np.mean(prefill_returns))})
-            bar.update(env_steps() - bar.n)
-        if not pretrained:
-            train(cfg.pretrain)
-            mean_metrics()
-            pretrained = True
-            checkpoint()
-        # Policy step k (counted over all envs, from the replay's committed steps on) is
-        # followed by train_steps updates when k % train_every == 0 (danijar's Every).
+                returns += [e.ret for e in collector.run(explore, episodes=1)]
+            run.log(replay.total_steps * repeat, {"prefill/return": float(np.mean(returns))})
+            run.advance(replay.total_steps * repeat)
+        if not done.pretrained:
+            learner.train(replay, cfg.pretrain)
+            learner.metrics.mean("the pretraining updates", FIX_NONFINITE)
+            done.pretrained = True
+            save(run, learner, done, replay, rng, repeat)
+
+        # Policy step k (counted over all envs from the replay's committed steps on) is followed
+        # by train_steps updates when k % train_every == 0 (danijar's Every).
         first, base = replay.total_steps, collector.steps
-        start, taken_since = time.perf_counter(), 0
-        while env_steps() < cfg.steps:
+        train_every = Every(cfg.train_every, start=first)
+        meter = Throughput(repeat)
+        train_return, since_checkpoint, logged = None, 0, replay.total_steps * repeat
+        while replay.total_steps * repeat < cfg.steps:
             before = collector.steps
-            finished = collector.run(act, steps=1)  # one vector step
-            taken = collector.steps - base
-            due = (first + taken) // cfg.train_every - (first + before - base) // cfg.train_every
-            train(due * cfg.train_steps)
-            taken_since += collector.steps - before
+            finished = collector.run(lambda obs: policy.act(obs, collector.is_first), steps=1)
+            due = train_every(first + collector.steps - base) * cfg.train_steps
+            learner.train(replay, due)
+            meter.add(collector.steps - before, due)
             if not finished:
                 continue
-            episodes += len(finished)
-            finished_since += len(finished)
-            train_return = float(np.mean([e.ret for e in finished]))
-            updates_since = counts["updates"]
-            row = {f"train/{k}": v for k, v in mean_metrics().items()}
-            row.update({"train/return": train_return})
-            row["train/length"] = float(np.mean([e.length for e in finished]))
-            row.update({"train/updates": int(ac.updates), "train/episodes": replay.total_episodes})
-            seconds = time.perf_counter() - start
-            row["train/fps"] = taken_since * repeat / seconds  # env steps/s, updates included
-            row["train/updates_per_s"] = updates_since / seconds
-            start, taken_since = time.perf_counter(), 0
-            done = env_steps() >= cfg.steps
-            if replay.total_steps - last_eval >= cfg.eval_every or done:
-                eval_return, last_eval = evaluate(), replay.total_steps
-                row["eval/return"] = eval_return
-            logger.log(env_steps(), row)
-            gif_due = cfg.gif_every and episodes % cfg.gif_every < len(finished)
-            if gif_due or done:
-                openloop_gif()
-            if finished_since >= cfg.checkpoint_every or done:
-                checkpoint()
-                finished_since = 0
-            bar.update(env_steps() - bar.n)
-            bar.set_postfix(ret=f"{train_return:.1f}", updates=int(ac.updates))
-        if episodes == 0 and last_eval < replay.total_steps:
+            step = replay.total_steps * repeat
+            done.episodes += len(finished)
+            since_checkpoint += len(finished)
+            what = f"a Dreamer update between env steps {logged} and {step} in {run.dir}"
+            metrics = learner.metrics.mean(what, FIX_NONFINITE)
+            row = episode_row(finished, metrics, learner, replay, meter)
+            train_return, logged = row["train/return"], step
+            end = step >= cfg.steps
+            if replay.total_steps - done.last_eval >= cfg.eval_every or end:
+                done.eval_return = evaluate(env, eval_policy, cfg.eval_episodes)
+                done.last_eval, row["eval/return"] = replay.total_steps, done.eval_return
+            run.log(step, row)
+            if (cfg.gif_every and done.episodes % cfg.gif_every < len(finished)) or end:
+                openloop_gif(run, model, replay, cfg, step)
+            if since_checkpoint >= cfg.checkpoint_every or end:
+                save(run, learner, done, replay, rng, repeat)
+                since_checkpoint = 0
+            run.advance(step, ret=f"{train_return:.1f}", updates=int(ac.updates))
+
+        if done.episodes == 0 and done.last_eval < replay.total_steps:
             # The prefill's whole episodes used the budget (several envs, a small --steps):
             # the run still ends with its evaluation, GIF and checkpoint.
             warnings.warn(
@@ -387,31 +384,40 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
                 "no training episode ran; raise --steps",
                 stacklevel=2,
             )
-            eval_return, last_eval = evaluate(), replay.total_steps
-            logger.log(env_steps(), {"eval/return": eval_return})
-            openloop_gif()
-            checkpoint()
-    finally:
-        bar.close()
-        logger.close()
-        vec.close()
-        env.close()
+            done.eval_return = evaluate(env, eval_policy, cfg.eval_episodes)
+            done.last_eval = replay.total_steps
+            run.log(replay.total_steps * repeat, {"eval/return": done.eval_return})
+            openloop_gif(run, model, replay, cfg, replay.total_steps * repeat)
+            save(run, learner, done, replay, rng, repeat)
     return {
-        "episodes": episodes,
+        "episodes": done.episodes,
         "replay_episodes": replay.total_episodes,
-        "env_steps": env_steps(),
+        "env_steps": replay.total_steps * repeat,
         "updates": int(ac.updates),
         "train_return": train_return,
-        "eval_return": eval_return,
-        "run_dir": str(Path(run_dir)),
+        "eval_return": done.eval_return,
+        "run_dir": str(run.dir),
+    }
+
+
+FIX_NONFINITE = ("the checkpoint from before it is intact: resume from it with lower learning "
+                 "rates (--model.lr, --ac.actor-lr, --ac.critic-lr)")  # fmt: skip
+
+
+def meta(cfg: DreamerConfig, model: CategoricalRSSM) -> dict:
+    """What a resumed run's checkpoint must match."""
+    return {
+        "job": "dreamer",
+        "env": cfg.env,
+        "obs_type": "pixels" if model.pixels else "state",
+        "deter": cfg.model.deter,
+        "stoch": cfg.model.stoch,
+        "classes": cfg.model.classes,
     }
 
 
 def load_run(run_dir: Path, device) -> LoadedRun:
     """A saved Dreamer run for `planners.methods.runs.load_run` (scripts/render_gif.py)."""
-    from wmrl.envs.registry import env_options
-    from wmrl.infra import load_checkpoint, load_config
-
     cfg = load_config(DreamerConfig, run_dir)
     model, _, env = build(replace(cfg, compile=False), device)  # a few steps: not worth it
     env.close()
