@@ -1,0 +1,92 @@
+"""infra.run and infra.metrics: Every against a brute-force count, MeanMetrics against NumPy and
+its non-finite check, and a Run's checkpoint, restore (RNGs, wall clock, meta) and logger."""
+
+import json
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from wmrl.infra import CheckpointError, Every, MeanMetrics, Run, read_metrics
+
+
+@pytest.mark.parametrize("period", [1, 3, 5])
+def test_every_counts_the_multiples_a_jumping_counter_passes(period):
+    rng = np.random.default_rng(period)
+    start = int(rng.integers(0, 10))
+    every, last = Every(period, start=start), start
+    for _ in range(200):
+        step = last + int(rng.integers(0, 4))  # jumps of 0 to 3, as several envs stepping
+        expected = sum(1 for k in range(last + 1, step + 1) if k % period == 0)
+        assert every(step) == expected
+        last = step
+
+
+def test_every_with_no_period_is_never_due():
+    every = Every(0)
+    assert [every(s) for s in range(10)] == [0] * 10
+
+
+def test_mean_metrics_match_numpy_on_device_tensors_and_floats():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(7, 3))
+    tensors, floats = MeanMetrics(), MeanMetrics()
+    for row in values:
+        tensors.add({k: torch.tensor(v) for k, v in zip("abc", row, strict=True)})
+        floats.add(dict(zip("abc", row.tolist(), strict=True)))
+    for means in (tensors.mean(), floats.mean()):
+        assert list(means) == ["a", "b", "c"]
+        np.testing.assert_allclose(list(means.values()), values.mean(0), rtol=1e-5, atol=1e-6)
+    assert tensors.mean() == {} and tensors.count == 0  # started over
+
+
+def test_mean_metrics_name_what_was_not_finite_and_the_fix():
+    metrics = MeanMetrics()
+    metrics.add({"loss": torch.tensor(1.0), "kl": torch.tensor(0.5)})
+    metrics.add({"loss": torch.tensor(math.inf), "kl": torch.tensor(0.5)})
+    with pytest.raises(FloatingPointError, match=r"updates 1-2 is not finite.*'loss'.*lower lr"):
+        metrics.mean("updates 1-2", "lower lr")
+
+
+@dataclass
+class Cfg:
+    logdir: str
+    seed: int = 3
+    device: str = "cpu"
+    steps: int = 10
+
+
+def test_a_run_restores_rngs_wall_clock_and_refuses_another_runs_checkpoint(tmp_path):
+    cfg = Cfg(str(tmp_path / "run"))
+    with Run(cfg) as run:
+        assert run.restore({"job": "test"}) is None
+        assert json.loads((run.dir / "config.json").read_text())["steps"] == 10
+        run.begin(0, total=cfg.steps)
+        run.log(1, {"x": 1.0})
+        run.log(2, {"x": 2.0})
+        run.checkpoint({"step": 1})
+        after = (torch.rand(3), np.random.rand(), random.random())
+        wall = run.wall()
+    with Run(Cfg(cfg.logdir, steps=20), resume=True) as run:
+        state = run.restore({"job": "test"})
+        assert state["step"] == 1 and state["wall_s"] <= wall
+        # the draws after the checkpoint repeat: a resumed run continues the same streams
+        assert torch.equal(torch.rand(3), after[0])
+        assert np.random.rand() == after[1] and random.random() == after[2]
+        assert run.wall() >= state["wall_s"]
+        run.begin(state["step"], total=20)
+        assert [r["step"] for r in read_metrics(run.dir)] == [1]  # rows after it dropped
+        assert json.loads((run.dir / "config.json").read_text())["steps"] == 20
+    with pytest.raises(CheckpointError, match="different run"):
+        Run(cfg, resume=True).restore({"job": "other"})
+
+
+def test_a_new_run_refuses_a_directory_that_holds_one(tmp_path):
+    cfg = Cfg(str(tmp_path / "run"))
+    with Run(cfg) as run:
+        run.restore({"job": "test"})
+    with pytest.raises(FileExistsError, match="--resume"):
+        Run(cfg)
