@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
+from wmrl.envs.registry import make
 from wmrl.envs.replay import validate_episode
 
 if TYPE_CHECKING:
@@ -264,6 +265,7 @@ class OfflineDataset:
 
 
 def _minari():
+    # Minari (with h5py) loads only when a dataset is read or written: importing envs stays quick.
     import minari
 
     return minari
@@ -368,8 +370,6 @@ def _make_env(env: gym.Env | str) -> tuple[gym.Env, bool]:
     if not isinstance(env, str):
         return env, False
     if env.startswith(("dmc:", "gym:")):
-        from wmrl.envs.registry import make
-
         return make(env), True
     return gym.make(env), True
 

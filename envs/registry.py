@@ -14,6 +14,7 @@ import functools
 import gymnasium as gym
 import numpy as np
 
+from wmrl.envs.dmc import DOMAIN_ALIASES, import_suite
 from wmrl.envs.wrappers import ActionRepeat, PixelObservation, ResizeImage, is_image_space
 
 # dm_control.suite.ALL_TASKS (dm-control 1.0.50), listed here so that `import envs` registers the
@@ -69,14 +70,10 @@ def register_all() -> None:
 def parse_dmc_id(name: str) -> tuple[str, str]:
     """`"cartpole-swingup"` -> ("cartpole", "swingup"); `"cup-catch"` -> ("ball_in_cup",
     "catch")."""
-    from wmrl.envs.dmc import DOMAIN_ALIASES
-
     domain, sep, task = name.partition("-")
     domain = DOMAIN_ALIASES.get(domain, domain)
     known = {f"{d}-{t}" for d, t in DMC_TASKS}
     if not sep or f"{domain}-{task}" not in known:
-        from wmrl.envs.dmc import import_suite
-
         # A newer dm-control may have tasks the list above lacks.
         if sep and (domain, task) in import_suite().ALL_TASKS:
             return domain, task

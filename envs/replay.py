@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wmrl.infra.runtime import rng_state
+
 KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
 _FILE = re.compile(r"^(\d{8,})-(\d+)\.npz$")
 
@@ -421,8 +423,6 @@ def open_replay(run_dir: Path, capacity: int, seed: int, state: dict | None = No
     checkpoint (later ones are dropped) and the generator as it was saved. The replay's sampler
     gets a new seed on resume, from the number of finished episodes, so that a resumed run does
     not replay the batches it drew before. Returns (replay, rng)."""
-    from wmrl.envs.replay import EpisodeReplay
-
     directory = Path(run_dir) / "replay"
     if state is None:
         return EpisodeReplay(capacity, directory=directory, seed=seed), np.random.default_rng(seed)
@@ -436,7 +436,5 @@ def open_replay(run_dir: Path, capacity: int, seed: int, state: dict | None = No
 
 def replay_checkpoint(replay, rng: np.random.Generator) -> dict:
     """What `open_replay` needs back from a checkpoint, plus every RNG's state ("rng")."""
-    from wmrl.infra import rng_state
-
     return {"replay_episodes": replay.total_episodes, "numpy_rng": rng.bit_generator.state,
             "rng": rng_state()}  # fmt: skip

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
+from tqdm.auto import tqdm
 
 from wmrl.infra.config import atomic_write_bytes, atomic_write_text
 
@@ -29,8 +30,6 @@ GIF_DIR = "gifs"
 
 def progress(total: int | None = None, **kwargs):
     """A tqdm progress bar on stderr; `disable=True` hides it (as `--no-progress` scripts may)."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, dynamic_ncols=True, mininterval=1.0, **kwargs)
 
 
@@ -84,6 +83,7 @@ class Logger:
         self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 (closed in close())
         self._writer = None
         if tensorboard:
+            # TensorBoard loads only for runs that write events (it takes a while to import).
             from torch.utils.tensorboard import SummaryWriter
 
             purge = None if resume_step is None else resume_step + 1

@@ -23,8 +23,13 @@ import multiprocessing
 import pickle
 from dataclasses import dataclass, field
 
+import cma
 import numpy as np
 import torch
+
+from wmrl.envs.registry import make
+from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
+from wmrl.worldmodels.vae import ConvVAE
 
 
 @dataclass
@@ -108,8 +113,6 @@ class ControllerSearch:
     """
 
     def __init__(self, dim: int, cfg: ControllerConfig, seed: int = 0, x0=None):
-        import cma
-
         x0 = np.zeros(dim) if x0 is None else np.asarray(x0, float)
         opts = {"popsize": cfg.population, "seed": int(seed) + 1, "verbose": -9}
         self.es = cma.CMAEvolutionStrategy(x0, cfg.sigma0, opts)
@@ -179,9 +182,6 @@ class RolloutSpec:
 
 def build_model(spec: RolloutSpec, device="cpu"):
     """The WorldModels adapter described by `spec`, in eval mode."""
-    from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
-    from wmrl.worldmodels.vae import ConvVAE
-
     vae = ConvVAE(**spec.vae["kwargs"])
     vae.load_state_dict(spec.vae["state"])
     m = spec.mdnrnn
@@ -201,8 +201,6 @@ class Rollouts:
         self.model = build_model(spec)
         self.env = env
         if spec.mode == "real" and env is None:
-            from wmrl.envs import make
-
             self.env = make(spec.env_id, **spec.env_options)
 
     def controller(self, params) -> LinearController:

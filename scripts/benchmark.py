@@ -22,10 +22,23 @@ import platform
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
+import torch
+from torch.nn.utils import parameters_to_vector
+from torch.profiler import ProfilerActivity, profile
 
 from wmrl import envs
 from wmrl.envs.replay import EpisodeReplay
+from wmrl.offline.morel.pmdp import PessimisticMDP
+from wmrl.offline.morel.train import MemberModel
+from wmrl.offline.trainer import ALGORITHMS, OfflineConfig
+from wmrl.planners.cem import CEMConfig, cem_plan
+from wmrl.planners.methods.dreamer import DreamerConfig, make_update, random_batch, setup_update
+from wmrl.planners.npg import NPG, fisher_operator
+from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
+from wmrl.worldmodels.nets import make_optimizer, mlp
+from wmrl.worldmodels.rssm import RSSM
 
 RENDER_TASKS = ("dmc:cartpole-swingup", "dmc:walker-walk", "dmc:cheetah-run")
 
@@ -93,8 +106,6 @@ def bench_replay(capacity: int, batch: int, length: int, repeats: int) -> dict:
 def timed(fn, device: str, repeats: int, warmup: bool = True) -> float:
     """Median milliseconds of `repeats` calls of fn after one untimed warm-up call (allocator,
     kernels; skipped without `warmup`), synchronising CUDA around each."""
-    import torch
-
     if warmup:
         fn()
     times = []
@@ -126,7 +137,6 @@ def dispatched_ops(fn) -> int:
     """How many operators that run a kernel one call of fn dispatches: aten calls that are not
     views or allocations and call no such operator themselves (a composite like `matmul`
     counts through the `mm` it calls). On a GPU, about the call's kernel launches."""
-    from torch.profiler import ProfilerActivity, profile
 
     def runs_kernel(event) -> bool:
         return event.name.startswith("aten::") and event.name not in NO_KERNEL_OPS
@@ -143,12 +153,6 @@ def dispatched_ops(fn) -> int:
 def bench_planet(device: str, repeats: int) -> dict:
     """PlaNet at the paper's sizes: one RSSM update on a 50 x 50 batch of 64 x 64 pixels (Adam
     step included), and one CEM action (1000 candidates x horizon 12 x 10 iterations)."""
-    import torch
-
-    from wmrl.planners.cem import CEMConfig, cem_plan
-    from wmrl.worldmodels.nets import make_optimizer
-    from wmrl.worldmodels.rssm import RSSM
-
     torch.manual_seed(0)
     model = RSSM((64, 64, 3), 1).to(device)
     optimizer = make_optimizer(model)
@@ -174,10 +178,6 @@ def bench_dreamer(device: str, repeats: int, compile: bool = False) -> dict:
     synchronised around it, `*_updates_per_s` the rate of `repeats` updates in a row, as in
     training, `*_ops` the operators one eager update dispatches (`dispatched_ops`). With
     `compile`, also with the per-step functions torch.compile'd."""
-    import torch
-
-    from wmrl.planners.methods.dreamer import DreamerConfig, make_update, random_batch, setup_update
-
     out = {"device": device}
     for suffix, compiled in (("", False), ("_compiled", True))[: 1 + compile]:
         for name, obs_shape in (("pixels", (64, 64, 3)), ("state", (5,))):
@@ -199,10 +199,6 @@ def bench_dreamer(device: str, repeats: int, compile: bool = False) -> dict:
 def bench_offline(device: str, updates: int) -> dict:
     """Gradient steps/s of each offline algorithm at its default (CORL) sizes and batch, on
     Hopper's dimensions (11-dim states, 3-dim actions), random batches already on the device."""
-    import torch
-
-    from wmrl.offline.trainer import ALGORITHMS, OfflineConfig
-
     out = {"device": device}
     for name, cls in ALGORITHMS.items():
         torch.manual_seed(0)
@@ -228,11 +224,6 @@ def bench_ensemble(device: str, steps: int = 20, repeats: int = 3) -> dict:
     (each member's own rows gathered, loss, backward, Adam step), and one forward+backward of
     the batched module against a Python loop over 4 separate `nets.mlp` members of the same
     sizes (same inputs, same squared-error loss)."""
-    import torch
-
-    from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
-    from wmrl.worldmodels.nets import mlp
-
     S, A, K = 11, 3, 100_000
     torch.manual_seed(0)
     cfg = EnsembleConfig()
@@ -273,13 +264,6 @@ def bench_pmdp(device: str, steps: int = 50, num_envs: int = 200) -> dict:
     """Model steps/s of MOReL's pessimistic MDP: `num_envs` paths (MOReL's 200 per iteration)
     stepped by the default ensemble (4 x 2 x 512) on Hopper's dimensions, with random actions;
     the threshold is infinite, so every path keeps stepping (no HALT resets)."""
-    import gymnasium as gym
-    import torch
-
-    from wmrl.offline.morel.pmdp import PessimisticMDP
-    from wmrl.offline.morel.train import MemberModel
-    from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
-
     torch.manual_seed(0)
     ensemble = DynamicsEnsemble(11, 3, EnsembleConfig()).to(device).eval()
     pmdp = PessimisticMDP(
@@ -299,11 +283,6 @@ def bench_npg(device: str, paths: int = 200, horizon: int = 700, repeats: int = 
     policy) and one Fisher-vector product on those samples: `planners.npg.fisher_operator`'s
     closed form against mjrl's double backpropagation through the mean KL (written out here as
     the reference)."""
-    import torch
-    from torch.nn.utils import parameters_to_vector
-
-    from wmrl.planners.npg import NPG, fisher_operator
-
     torch.manual_seed(0)
     npg = NPG(11, 3).to(device)
     policy = npg.policy

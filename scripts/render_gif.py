@@ -19,7 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from wmrl.envs import make
+from wmrl.envs.replay import read_episode
 from wmrl.infra import atomic_write_bytes, encode_gif, resolve_device
+from wmrl.offline.morel.gif import morel_run_frames
+from wmrl.planners.methods.runs import episode_rows, load_run, run_job
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,8 +48,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def random_episode(env_id: str, env_options: dict, seed: int, steps: int) -> dict:
     """Up to `steps` transitions of uniform random actions in a fresh env (Minari layout)."""
-    from wmrl.envs import make
-
     env = make(env_id, seed=seed, **env_options)
     env.action_space.seed(seed)
     obs, _ = env.reset(seed=seed)
@@ -64,16 +66,11 @@ def random_episode(env_id: str, env_options: dict, seed: int, steps: int) -> dic
 
 
 def main(argv=None) -> Path:
-    from wmrl.envs.replay import read_episode
-    from wmrl.planners.methods.runs import episode_rows, load_run, run_job
-
     args = parse_args(argv)
     out = Path(args.out)
     if out.suffix.lower() != ".gif":
         sys.exit(f"--out {out}: the file must end in .gif")
     if run_job(args.run) == "morel":  # states, not frames: rendered through MuJoCo
-        from wmrl.offline.morel.gif import morel_run_frames
-
         frames, halted = morel_run_frames(
             args.run, args.horizon, args.seed, device=str(resolve_device(args.device))
         )
