@@ -11,8 +11,8 @@ time limit) does not.
     batch = ds.transitions()                           # observations, actions, rewards, ...
     ds.normalized_score(returns)                       # D4RL scale: 0 random, 100 expert
 
-Minari itself (about 40 ms, h5py more) is imported only when a dataset is read or written, so
-that `import envs` stays light.
+Minari itself (and h5py) is imported only when a dataset is read or written, so that importing
+`wmrl.envs` stays light.
 """
 
 from __future__ import annotations

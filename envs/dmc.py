@@ -11,7 +11,8 @@ limit; they become gymnasium's `terminated` and `truncated`.
 
 Rendering cost is what limits pixel RL on a CPU. dm-control's `physics.render` builds a new
 camera and scene per call and draws shadows, reflections and 4x multisampling; at 64 x 64 none of
-that is visible, so we render through one persistent camera with all three off (10-20x faster).
+that is visible, so we render through one persistent camera with all three off (much faster:
+`scripts/benchmark.py --only render` measures by how much).
 """
 
 from __future__ import annotations
