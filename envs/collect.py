@@ -14,8 +14,11 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from wmrl.envs.registry import env_options
+from wmrl.envs.datasets import export_replay
+from wmrl.envs.registry import env_options, make, make_vector
+from wmrl.envs.replay import EpisodeReplay
 from wmrl.envs.rollout import random_policy
+from wmrl.infra import Every, Run
 
 Policy = Callable[[np.ndarray], np.ndarray]  # observations (N, ...) -> actions (N, A)
 
@@ -131,62 +134,45 @@ COLLECT_PRESETS = {"default": {}, "smoke": {"episodes": 4, "num_envs": 2, "check
 
 
 def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
-    """Collect `cfg.episodes` random episodes; resumable. Returns a summary dict."""
-    from wmrl.envs.datasets import export_replay
-    from wmrl.envs.registry import make, make_vector
-    from wmrl.envs.replay import EpisodeReplay
-    from wmrl.infra import (
-        Logger,
-        load_checkpoint,
-        prepare_run_dir,
-        progress,
-        save_checkpoint,
-        save_config,
-    )
-
+    """Collect `cfg.episodes` random episodes into `cfg.logdir` (replay/, metrics.jsonl with
+    each episode's return at the env step it ended, a checkpoint every `cfg.checkpoint_every`
+    episodes); with `resume`, continue the run there. Exports the episodes as the Minari
+    dataset `cfg.dataset_id` if one is named. Returns a summary dict: episodes, steps, mean
+    return (and the dataset id)."""
     if cfg.dataset_id is not None and cfg.ref_max_score is None:
         raise ValueError(
             "--dataset-id needs --ref-max-score (an expert's return, for normalised scores)"
         )
-    run_dir = prepare_run_dir(cfg.logdir, resume)
-    meta = {"job": "collect", "env": cfg.env}
-    ckpt_path = run_dir / "checkpoint.pt"
-    if resume:
-        state = load_checkpoint(ckpt_path, expect_meta=meta)
-        replay = EpisodeReplay.load(
-            run_dir / "replay", cfg.capacity, max_episodes=state["episodes"]
-        )
-        returns = list(state["returns"])
-    else:
-        save_config(cfg, run_dir)
-        replay = EpisodeReplay(cfg.capacity, directory=run_dir / "replay")
-        returns = []
-    done = replay.total_episodes
-    logger = Logger(run_dir, resume_step=replay.total_steps if resume else None)
-    # Fresh seeds after a resume: the interrupted envs' states cannot be restored.
-    seed = cfg.seed + 1000 * done
-    vec = make_vector(cfg.env, min(cfg.num_envs, max(cfg.episodes - done, 1)), seed=seed,
-                      **env_options(cfg))  # fmt: skip
-    collector = Collector(vec, replay, seed=seed)
-    policy = random_policy(vec.action_space, seed=seed)
-    bar = progress(cfg.episodes, initial=done, desc="collect", unit="episode")
-    # Episodes are committed in the order `run` reports them, so a running sum of their lengths
-    # is the env-step count at which each one ended, even when several end on the same step.
-    step = replay.total_steps
-    try:
+    with Run(cfg, resume, desc="collect") as run:
+        state = run.restore({"job": "collect", "env": cfg.env})
+        if state is None:
+            replay, returns = EpisodeReplay(cfg.capacity, directory=run.dir / "replay"), []
+        else:
+            replay = EpisodeReplay.load(run.dir / "replay", cfg.capacity,
+                                        max_episodes=state["episodes"])  # fmt: skip
+            returns = list(state["returns"])
+        done = replay.total_episodes
+        # Fresh seeds after a resume: the interrupted envs' states cannot be restored.
+        seed = cfg.seed + 1000 * done
+        vec = run.closing(make_vector(cfg.env, min(cfg.num_envs, max(cfg.episodes - done, 1)),
+                                      seed=seed, **env_options(cfg)))  # fmt: skip
+        collector = Collector(vec, replay, seed=seed)
+        policy = random_policy(vec.action_space, seed=seed)
+        # Episodes are committed in the order `run` reports them, so a running sum of their
+        # lengths is the env-step count at which each one ended, even when several end on the
+        # same step.
+        step = replay.total_steps
+        run.begin(step, total=cfg.episodes, initial=done, unit="episode")
+        every_checkpoint = Every(cfg.checkpoint_every, start=done)
         while done < cfg.episodes:
-            budget = min(cfg.checkpoint_every, cfg.episodes - done)
-            for stats in collector.run(policy, episodes=budget):
+            for stats in collector.run(policy, episodes=1):
                 returns.append(stats.ret)
                 step += stats.length
-                logger.log(step, {"collect/return": stats.ret, "collect/length": stats.length})
+                run.log(step, {"collect/return": stats.ret, "collect/length": stats.length})
             done = replay.total_episodes
-            bar.update(done - bar.n)
-            save_checkpoint(ckpt_path, {"episodes": done, "returns": returns}, meta=meta)
-    finally:
-        bar.close()
-        vec.close()
-        logger.close()
+            if every_checkpoint(done) or done >= cfg.episodes:
+                run.checkpoint({"episodes": done, "returns": returns})
+            run.advance(done)
     summary = {
         "episodes": done,
         "steps": replay.total_steps,

@@ -13,13 +13,16 @@ env's action repeat, as in the paper's plots.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from wmrl.envs.registry import env_options, make
 from wmrl.envs.replay import open_replay, replay_checkpoint
 from wmrl.envs.rollout import env_action_repeat, random_policy, run_episode
+from wmrl.infra import CHECKPOINT_FILE, Every, MeanMetrics, Run, load_checkpoint, load_config
 from wmrl.planners.cem import CEMConfig, Planner
 from wmrl.planners.methods.runs import LoadedRun, openloop_frames
 from wmrl.worldmodels.nets import make_optimizer
@@ -59,7 +62,8 @@ PRESETS = {
     # Latent overshooting (paper, sec. 4, as in its first version): KL terms for open-loop priors
     # up to D = 50 steps ahead, beta_d = 1 for d > 1 (each weighted beta_d / D as eq. 7 says).
     "overshooting": {"model.overshooting_distance": 50, "model.overshooting_kl_scale": 1.0},
-    # About a minute on a 2-core CPU with pixels (cartpole: 125 policy steps per episode).
+    # The smallest run that exercises every part, with pixels (cartpole: 125 policy steps per
+    # episode at action repeat 8).
     "smoke": {
         "seed_episodes": 2,
         "episodes": 3,
@@ -83,156 +87,150 @@ PRESETS = {
 
 def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
     """Train PlaNet as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
-    checkpoint and replay) up to `cfg.episodes`. Returns a summary dict."""
-    from wmrl.infra import (
-        Logger,
-        load_checkpoint,
-        prepare_run_dir,
-        progress,
-        resolve_device,
-        save_checkpoint,
-        save_config,
-        seed_everything,
-        set_rng_state,
-    )
+    checkpoint and replay) up to `cfg.episodes`. Returns a summary dict: planner episodes,
+    replay episodes, env steps, the last train and eval returns, the run directory."""
+    with Run(cfg, resume, desc="planet") as run:
+        model, env = build_model(cfg, run.device)
+        run.closing(env)
+        repeat, action_dim = env_action_repeat(env), int(np.prod(env.action_space.shape))
+        learner = Learner(model, cfg, run.device)
+        state = run.restore(meta(cfg, model))
+        done, eval_return = 0, None
+        if state is not None:
+            learner.load_state_dict(state)
+            done, eval_return = int(state["episodes"]), state.get("eval_return")
+            if "rng" not in state:  # checkpoints written before every RNG's state was saved
+                torch.set_rng_state(state["torch_rng"].cpu())
+        replay, rng = open_replay(run.dir, cfg.capacity, cfg.seed, state)
+        # A fresh env seed after a resume: the interrupted env's state cannot be restored.
+        env.reset(seed=cfg.seed + 1000 * done)
+        env.action_space.seed(cfg.seed + 1000 * done)
+        planner = Planner(model, action_dim, cfg.cem, device=run.device)
+        run.begin(replay.total_steps * repeat, total=cfg.episodes, initial=done, unit="episode")
 
-    run_dir = prepare_run_dir(cfg.logdir, resume)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    model, env = build_model(cfg, device)
-    repeat = env_action_repeat(env)
-    action_dim = int(np.prod(env.action_space.shape))
-    optimizer = make_optimizer(model)
-    pixels = model.pixels
-    meta = {
+        if replay.total_episodes < cfg.seed_episodes:
+            explore, returns = random_policy(env.action_space, rng=rng), []
+            while replay.total_episodes < cfg.seed_episodes:
+                returns.append(run_episode(env, explore, replay)[0])
+            run.log(replay.total_steps * repeat, {"seed/return": float(np.mean(returns))})
+            save(run, learner, replay, rng, repeat, done, eval_return)
+
+        every_eval = Every(cfg.eval_every, start=done)
+        every_gif = Every(cfg.gif_every, start=done)
+        every_checkpoint = Every(cfg.checkpoint_every, start=done)
+        train_return = None
+        while done < cfg.episodes:
+            learner.train(replay, f"planner episode {done + 1} (env step "
+                          f"{replay.total_steps * repeat}) in {run.dir}")  # fmt: skip
+            model.eval()
+            planner.reset()
+            act = partial(planner_action, planner, explore=True)
+            train_return, length, rows = run_episode(env, act, replay, record=model.pixels)
+            done += 1
+            step, end = replay.total_steps * repeat, done == cfg.episodes
+            row = learner.means()
+            row.update({"train/return": train_return, "train/length": length})
+            row["train/episodes"] = replay.total_episodes
+            # Each counter is called on every episode (before `or end`), so none skips a period.
+            if every_eval(done) or end:
+                eval_return = evaluate(env, planner, cfg.eval_episodes)
+                row["eval/return"] = eval_return
+            run.log(step, row)
+            if (every_gif(done) or end) and model.pixels:
+                frames = openloop_frames(model, rows["obs"], rows["action"],
+                                         cfg.openloop_context, cfg.openloop_horizon)  # fmt: skip
+                run.video(step, "openloop", frames)
+            if every_checkpoint(done) or end:
+                save(run, learner, replay, rng, repeat, done, eval_return)
+            run.advance(done, ret=f"{train_return:.1f}", step=step)
+    return {
+        "episodes": done,
+        "replay_episodes": replay.total_episodes,
+        "env_steps": replay.total_steps * repeat,
+        "train_return": train_return,
+        "eval_return": eval_return,
+        "run_dir": str(run.dir),
+    }
+
+
+def meta(cfg: PlaNetConfig, model: RSSM) -> dict:
+    """What a checkpoint must agree on with the run that resumes it."""
+    return {
         "job": "planet",
         "env": cfg.env,
-        "obs_type": "pixels" if pixels else "state",
+        "obs_type": "pixels" if model.pixels else "state",
         "deter": cfg.model.deter,
         "stoch": cfg.model.stoch,
     }
-    ckpt_path = run_dir / "checkpoint.pt"
-    if resume:
-        state = load_checkpoint(ckpt_path, expect_meta=meta, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        done = int(state["episodes"])
-        if "rng" in state:
-            set_rng_state(state["rng"])
-        else:  # checkpoints written before the CUDA/NumPy/Python states were saved
-            torch.set_rng_state(state["torch_rng"].cpu())
-        eval_return = state.get("eval_return")
-    else:
-        state, done, eval_return = None, 0, None
-    replay, rng = open_replay(run_dir, cfg.capacity, cfg.seed, state)
-    save_config(cfg, run_dir)  # on resume too: a larger budget is the run's config from now on
-    # A fresh env seed after a resume: the interrupted env's state cannot be restored.
-    env.reset(seed=cfg.seed + 1000 * done)
-    env.action_space.seed(cfg.seed + 1000 * done)
 
-    def env_steps() -> int:
-        return replay.total_steps * repeat
 
-    def checkpoint() -> None:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "episodes": done,
-            "env_steps": env_steps(),
-            "eval_return": eval_return,
-            **replay_checkpoint(replay, rng),
-        }
-        save_checkpoint(ckpt_path, state, meta=meta)
+class Learner:
+    """The RSSM and its optimizer: `train` makes C = `cfg.train_steps` updates on replay chunks
+    (B = `cfg.batch_size` sequences of L = `cfg.chunk_length` steps) and adds their metrics to
+    `metrics`; `means` gives their means, which the loop logs once per episode."""
 
-    logger = Logger(run_dir, resume_step=env_steps() if resume else None)
-    planner = Planner(model, action_dim, cfg.cem, device=device)
-    explore = random_policy(env.action_space, rng=rng)
+    def __init__(self, model: RSSM, cfg: PlaNetConfig, device):
+        self.model, self.cfg, self.device = model, cfg, device
+        self.optimizer = make_optimizer(model)
+        self.metrics = MeanMetrics()
 
-    def planner_policy(explore):
-        def act(obs):
-            return planner.act(obs, explore=explore).cpu().numpy()
+    def train(self, replay, before: str) -> None:
+        """C updates; a non-finite one raises FloatingPointError naming the update, `before`
+        (which planner episode it preceded, and where) and the fix, before it touches the
+        weights."""
+        self.model.train()
+        for update in range(self.cfg.train_steps):
+            batch = replay.sample(self.cfg.batch_size, self.cfg.chunk_length)
+            batch = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
+            try:
+                self.metrics.add(self.model.train_step(batch, self.optimizer))
+            except FloatingPointError as exc:
+                raise FloatingPointError(
+                    f"PlaNet update {update + 1}/{self.cfg.train_steps} before {before}: {exc}; "
+                    "resume from the last checkpoint with a lower --model.lr"
+                ) from exc
 
-        return act
+    def means(self) -> dict:
+        """{"train/<metric>": mean} over the updates since the last call."""
+        means = self.metrics.mean("a PlaNet update", "resume with a lower --model.lr")
+        return {f"train/{k}": v for k, v in means.items()}
 
-    def evaluate() -> float:
-        returns = []
-        for _ in range(cfg.eval_episodes):
-            planner.reset()
-            returns.append(run_episode(env, planner_policy(False))[0])
-        return float(np.mean(returns))
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
-    train_return, last_rows = None, None
-    bar = progress(cfg.episodes, initial=done, desc="planet", unit="episode")
-    try:
-        if replay.total_episodes < cfg.seed_episodes:
-            seed_returns = []
-            while replay.total_episodes < cfg.seed_episodes:
-                seed_returns.append(run_episode(env, explore, replay)[0])
-            logger.log(env_steps(), {"seed/return": float(np.mean(seed_returns))})
-            checkpoint()
-        while done < cfg.episodes:
-            model.train()
-            sums: dict[str, float] = {}
-            for update in range(cfg.train_steps):
-                batch = replay.sample(cfg.batch_size, cfg.chunk_length)
-                batch = {k: torch.as_tensor(v).to(device) for k, v in batch.items()}
-                try:
-                    metrics = model.train_step(batch, optimizer)
-                except FloatingPointError as exc:
-                    raise FloatingPointError(
-                        f"PlaNet update {update + 1}/{cfg.train_steps} before planner episode "
-                        f"{done + 1} (env step {env_steps()}) in {run_dir}: {exc}; resume from "
-                        "the last checkpoint with a lower --model.lr"
-                    ) from exc
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-            model.eval()
-            planner.reset()
-            train_return, length, last_rows = run_episode(
-                env, planner_policy(True), replay, record=pixels
-            )
-            done += 1
-            row = {f"train/{k}": v / max(cfg.train_steps, 1) for k, v in sums.items()}
-            row.update({"train/return": train_return, "train/length": length})
-            row["train/episodes"] = replay.total_episodes
-            if done % cfg.eval_every == 0 or done == cfg.episodes:
-                eval_return = evaluate()
-                row["eval/return"] = eval_return
-            logger.log(env_steps(), row)
-            gif_due = cfg.gif_every and done % cfg.gif_every == 0
-            if pixels and (gif_due or done == cfg.episodes):
-                frames = openloop_frames(
-                    model,
-                    last_rows["obs"],
-                    last_rows["action"],
-                    cfg.openloop_context,
-                    cfg.openloop_horizon,
-                )
-                logger.video(env_steps(), "openloop", frames)
-            if done % cfg.checkpoint_every == 0 or done == cfg.episodes:
-                checkpoint()
-            bar.update(1)
-            bar.set_postfix(ret=f"{train_return:.1f}", step=env_steps())
-    finally:
-        bar.close()
-        logger.close()
-        env.close()
-    summary = {
-        "episodes": done,
-        "replay_episodes": replay.total_episodes,
-        "env_steps": env_steps(),
-        "train_return": train_return,
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def save(run: Run, learner: Learner, replay, rng, repeat: int, episodes: int, eval_return) -> None:
+    """The run's checkpoint: weights and optimizer, planner episodes done, env steps, the last
+    eval return, and what `open_replay` needs to reopen the replay where it stood."""
+    run.checkpoint({
+        **learner.state_dict(),
+        "episodes": episodes,
+        "env_steps": replay.total_steps * repeat,
         "eval_return": eval_return,
-        "run_dir": str(Path(run_dir)),
-    }
-    return summary
+        **replay_checkpoint(replay, rng),
+    })  # fmt: skip
+
+
+def planner_action(planner: Planner, obs: np.ndarray, explore: bool) -> np.ndarray:
+    """The planner's action (A,) for one observation, as NumPy for the env."""
+    return planner.act(obs, explore=explore).cpu().numpy()
+
+
+def evaluate(env, planner: Planner, episodes: int) -> float:
+    """The mean return of `episodes` planner episodes without exploration noise."""
+    returns = []
+    for _ in range(episodes):
+        planner.reset()
+        returns.append(run_episode(env, partial(planner_action, planner, explore=False))[0])
+    return float(np.mean(returns))
 
 
 def build_model(cfg: PlaNetConfig, device) -> tuple[RSSM, object]:
     """The env of `cfg` and an RSSM sized for its spaces: (model, env)."""
-    from wmrl.envs import make
-    from wmrl.envs.registry import env_options
-
     env = make(cfg.env, **env_options(cfg))
     obs_shape, action_dim = env.observation_space.shape, int(np.prod(env.action_space.shape))
     return RSSM(obs_shape, action_dim, cfg.model).to(device), env
@@ -240,13 +238,10 @@ def build_model(cfg: PlaNetConfig, device) -> tuple[RSSM, object]:
 
 def load_run(run_dir: Path, device) -> LoadedRun:
     """A saved PlaNet run for `planners.methods.runs.load_run` (scripts/render_gif.py)."""
-    from wmrl.envs.registry import env_options
-    from wmrl.infra import load_checkpoint, load_config
-
     cfg = load_config(PlaNetConfig, run_dir)
     model, env = build_model(cfg, device)
     env.close()
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
+    state = load_checkpoint(Path(run_dir) / CHECKPOINT_FILE, map_location=device)
     model.load_state_dict(state["model"])
     model.eval()
     return LoadedRun(model, cfg, cfg.env, env_options(cfg), Path(run_dir) / "replay")
