@@ -30,7 +30,7 @@ from typing import Any
 
 from wmrl.infra.checkpoint import CHECKPOINT_FILE, load_checkpoint, prepare_run_dir
 from wmrl.infra.checkpoint import save_checkpoint as _save
-from wmrl.infra.config import save_config
+from wmrl.infra.config import parse_config, save_config
 from wmrl.infra.logger import Logger, progress
 from wmrl.infra.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -157,3 +157,16 @@ class Run:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def run_main(train, cls, presets=None, description=None, argv=None, show=None):
+    """A training script's whole `main`: parse the command line into the config dataclass `cls`
+    (with its `presets`), call `train(cfg, resume=...)`, print its summary and return it.
+
+    Args:
+        show: summary -> the text printed (default: `key=value` pairs on one line).
+    """
+    cfg, resume = parse_config(cls, presets, argv=argv, description=description)
+    summary = train(cfg, resume=resume)
+    print(show(summary) if show else " ".join(f"{k}={v}" for k, v in summary.items()))
+    return summary

@@ -7,13 +7,11 @@
 """
 
 from wmrl.envs.collect import COLLECT_PRESETS, CollectConfig, run_collect
-from wmrl.infra import parse_config
+from wmrl.infra import run_main
 
 
 def main(argv=None):
-    cfg, resume = parse_config(CollectConfig, COLLECT_PRESETS, argv=argv, description=__doc__)
-    summary = run_collect(cfg, resume=resume)
-    print(" ".join(f"{k}={v}" for k, v in summary.items()))
+    return run_main(run_collect, CollectConfig, COLLECT_PRESETS, __doc__, argv)
 
 
 if __name__ == "__main__":

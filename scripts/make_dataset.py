@@ -15,15 +15,19 @@ minari.load_dataset(id). The run directory gets config.json, checkpoint.pt, metr
 
 import json
 
-from wmrl.infra import parse_config
+from wmrl.infra import run_main
 from wmrl.offline.datagen.make_dataset import PRESETS, MakeDatasetConfig, make_dataset
 
 
 def main(argv=None):
-    cfg, resume = parse_config(MakeDatasetConfig, PRESETS, argv=argv, description=__doc__)
-    summary = make_dataset(cfg, resume=resume)
-    print(json.dumps(summary, indent=2))
-    return summary
+    return run_main(
+        make_dataset,
+        MakeDatasetConfig,
+        PRESETS,
+        __doc__,
+        argv,
+        show=lambda summary: json.dumps(summary, indent=2),
+    )
 
 
 if __name__ == "__main__":

@@ -12,15 +12,12 @@ events, replay/ (one npz per episode) and, for pixels, gifs/openloop_*.gif (trut
 |error|).
 """
 
-from wmrl.infra import parse_config
+from wmrl.infra import run_main
 from wmrl.planners.methods.dreamer import PRESETS, DreamerConfig, train_dreamer
 
 
 def main(argv=None):
-    cfg, resume = parse_config(DreamerConfig, PRESETS, argv=argv, description=__doc__)
-    summary = train_dreamer(cfg, resume=resume)
-    print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    return summary
+    return run_main(train_dreamer, DreamerConfig, PRESETS, __doc__, argv)
 
 
 if __name__ == "__main__":

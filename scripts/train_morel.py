@@ -21,15 +21,12 @@ metrics.jsonl has one row per real episode (eval/episode_return, pmdp/halt_fract
 imagined candidate step) and the means after the last; --resume continues the episodes.
 """
 
-from wmrl.infra import parse_config
+from wmrl.infra import run_main
 from wmrl.offline.morel.train import PRESETS, MOReLConfig, train_morel
 
 
 def main(argv=None):
-    cfg, resume = parse_config(MOReLConfig, PRESETS, argv=argv, description=__doc__)
-    summary = train_morel(cfg, resume=resume)
-    print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    return summary
+    return run_main(train_morel, MOReLConfig, PRESETS, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,12 @@ The run directory gets config.json, checkpoint.pt, metrics.jsonl (step = gradien
 eval/return, eval/normalized_score) and TensorBoard events.
 """
 
-from wmrl.infra import parse_config
+from wmrl.infra import run_main
 from wmrl.offline.trainer import PRESETS, OfflineConfig, train_offline
 
 
 def main(argv=None):
-    cfg, resume = parse_config(OfflineConfig, PRESETS, argv=argv, description=__doc__)
-    summary = train_offline(cfg, resume=resume)
-    print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    return summary
+    return run_main(train_offline, OfflineConfig, PRESETS, __doc__, argv)
 
 
 if __name__ == "__main__":

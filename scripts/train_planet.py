@@ -10,15 +10,12 @@ The run directory gets config.json, checkpoint.pt, metrics.jsonl (step = env ste
 events, replay/ (one npz per episode) and gifs/openloop_*.gif (truth / model / |error|).
 """
 
-from wmrl.infra import parse_config
+from wmrl.infra import run_main
 from wmrl.planners.methods.planet import PRESETS, PlaNetConfig, train_planet
 
 
 def main(argv=None):
-    cfg, resume = parse_config(PlaNetConfig, PRESETS, argv=argv, description=__doc__)
-    summary = train_planet(cfg, resume=resume)
-    print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    return summary
+    return run_main(train_planet, PlaNetConfig, PRESETS, __doc__, argv)
 
 
 if __name__ == "__main__":

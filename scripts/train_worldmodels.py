@@ -16,15 +16,12 @@ metrics.jsonl, TensorBoard events and gifs/ (vae_recon: real | VAE; mdnrnn_dream
 dream / |error|; controller_real, controller_dream).
 """
 
-from wmrl.infra import parse_config
+from wmrl.infra import run_main
 from wmrl.planners.methods.world_models import PRESETS, WorldModelsConfig, train_worldmodels
 
 
 def main(argv=None):
-    cfg, resume = parse_config(WorldModelsConfig, PRESETS, argv=argv, description=__doc__)
-    summary = train_worldmodels(cfg, resume=resume)
-    print(" ".join(f"{k}={v}" for k, v in summary.items()))
-    return summary
+    return run_main(train_worldmodels, WorldModelsConfig, PRESETS, __doc__, argv)
 
 
 if __name__ == "__main__":
