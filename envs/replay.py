@@ -369,6 +369,14 @@ def read_episode(directory: str | Path, index: int = -1) -> dict[str, np.ndarray
     return _read_npz(path, T)
 
 
+def iter_episodes(directory: str | Path) -> Iterator[dict[str, np.ndarray]]:
+    """Every saved episode (Minari layout) of a replay `directory`, in index order, read one at a
+    time (memory for one episode, where `EpisodeReplay.load` holds them all)."""
+    directory = Path(directory)
+    files = sorted(_episode_files(directory).items()) if directory.is_dir() else []
+    return (_read_npz(path, T) for _, (T, path) in files)
+
+
 def _name(index: int, T: int) -> str:
     return f"{index:08d}-{T}.npz"
 

@@ -24,16 +24,31 @@ controller/ and eval/return (generations).
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
-import tempfile
+import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from wmrl.envs.registry import env_options
+from wmrl.envs.collect import Collector
+from wmrl.envs.registry import env_options, make_vector
+from wmrl.envs.replay import EpisodeReplay, iter_episodes, read_episode
+from wmrl.envs.rollout import random_policy
+from wmrl.infra import (
+    Every,
+    Logger,
+    MeanMetrics,
+    Run,
+    atomic_write_bytes,
+    load_checkpoint,
+    load_config,
+    progress,
+    seed_everything,
+    set_rng_state,
+)
 from wmrl.planners.controller import (
     ControllerConfig,
     ControllerSearch,
@@ -43,14 +58,13 @@ from wmrl.planners.controller import (
     num_params,
     resolve_action_map,
 )
-from wmrl.planners.methods.runs import LoadedRun, openloop_frames
+from wmrl.planners.methods.runs import LoadedRun, episode_rows, openloop_frames
 from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels, train_mdnrnn_step
 from wmrl.worldmodels.vae import ConvVAE, VAEConfig, train_vae_step
 
 STAGES = ("collect", "vae", "encode", "mdnrnn", "controller")
 ROLLOUT_DIR, SERIES_FILE = "rollouts", "series.npz"
 JOB = "worldmodels"
-EPISODE_FILE = re.compile(r"^(\d{8,})-(\d+)\.npz$")  # EpisodeReplay's file names
 
 
 @dataclass
@@ -97,7 +111,7 @@ PRESETS = {
         "mdnrnn.temperature": 1.15,
         "controller.mode": "dream",
     },
-    # A few minutes on a 2-core CPU (CarRacing at ~200 env steps/s).
+    # Every stage once, with budgets small enough for a 2-core CPU.
     "smoke": {
         "rollouts": 4,
         "max_episode_steps": 150,
@@ -125,6 +139,8 @@ PRESETS = {
 
 
 def _meta(cfg: WorldModelsConfig, stage: str | None = None) -> dict:
+    """What a checkpoint must agree on with the run that reads it: checkpoint.pt's meta, and with
+    `stage` that of the stage's own checkpoint (vae.pt, mdnrnn.pt, controller.pt)."""
     meta = {"job": JOB, "env": cfg.env, "z_dim": cfg.vae.z_dim, "hidden": cfg.mdnrnn.hidden}
     return meta if stage is None else {**meta, "stage": stage}
 
@@ -134,70 +150,85 @@ def _meta(cfg: WorldModelsConfig, stage: str | None = None) -> dict:
 
 def train_worldmodels(cfg: WorldModelsConfig, resume: bool = False) -> dict:
     """Run the stages `cfg.stages` asks for that are not finished yet; with `resume`, continue
-    the run in `cfg.logdir`. Returns a summary dict (stages run, losses, returns)."""
-    from wmrl.infra import (
-        Logger,
-        load_checkpoint,
-        prepare_run_dir,
-        resolve_device,
-        save_checkpoint,
-        save_config,
-        seed_everything,
-    )
+    the run in `cfg.logdir`. Returns a summary dict: the stages run now and all finished ones,
+    each stage's results as "<stage>/<name>" (updates, losses, returns), the run directory."""
+    with Run(cfg, resume, desc=JOB) as run:
+        progress_state = restore_progress(run, cfg)
+        done, summary = list(progress_state["done"]), dict(progress_state["summary"])
+        controller = run.dir / "controller.pt"
+        if "controller" in done and controller.exists():
+            searched = _load(controller, cfg, "controller")["generation"]
+            if searched < cfg.controller.generations:  # a larger budget: search on
+                done.remove("controller")
+        todo = [s for s in STAGES if s in cfg.stages and s not in done]
+        check_inputs(todo, done)
+        run.save_config()  # on resume too: a larger budget is the run's config from now on
+        # Stages log on separate step axes (env steps, updates, generations), so a resume
+        # appends rows and drops none (`Run.begin` would drop those after one step).
+        run.logger = Logger(run.dir, tensorboard=run.tensorboard)
+        for stage in todo:
+            seed_everything(cfg.seed + 1000 * STAGES.index(stage))
+            run.meta = _meta(cfg, stage)  # the stage's own checkpoint, <stage>.pt
+            result = RUNNERS[stage](cfg, run)
+            summary.update({f"{stage}/{k}": v for k, v in result.items()})
+            done.append(stage)
+            run.meta = _meta(cfg)
+            run.checkpoint({"done": done, "summary": summary})
+            run.logger.flush()
+    return {"stages_run": todo, "stages_done": done, **summary, "run_dir": str(run.dir)}
 
-    run_dir = prepare_run_dir(cfg.logdir, resume)
-    device = resolve_device(cfg.device)
-    ckpt = run_dir / "checkpoint.pt"
-    if resume and ckpt.exists():
-        progress_state = load_checkpoint(ckpt, expect_meta=_meta(cfg))
-    else:
-        progress_state = {"done": [], "summary": {}}
-    done = list(progress_state["done"])
-    summary = dict(progress_state["summary"])
-    if "controller" in done and (run_dir / "controller.pt").exists():
-        searched = _load(run_dir / "controller.pt", cfg, "controller")["generation"]
-        if searched < cfg.controller.generations:  # a larger budget: search on
-            done.remove("controller")
-    todo = [s for s in STAGES if s in cfg.stages and s not in done]
-    for stage in todo:  # a stage needs every earlier one (its inputs)
+
+def restore_progress(run: Run, cfg: WorldModelsConfig) -> dict:
+    """The pipeline's progress, {"done": finished stages, "summary": their results}: from
+    checkpoint.pt on resume (its meta checked), else nothing done. A run stopped in its first
+    stage has no checkpoint.pt yet and starts again (that stage from its own files)."""
+    if run.resume and not run.checkpoint_path.exists():
+        run.meta = _meta(cfg)
+        return {"done": [], "summary": {}}
+    state = run.restore(_meta(cfg), write_config=False)
+    return {"done": [], "summary": {}} if state is None else state
+
+
+def check_inputs(todo: list[str], done: list[str]) -> None:
+    """Raise ValueError if a stage in `todo` needs an earlier stage (its inputs) that is
+    neither `done` nor in `todo`."""
+    for stage in todo:
         missing = [s for s in STAGES[: STAGES.index(stage)] if s not in done and s not in todo]
         if missing:
             raise ValueError(
                 f"stage {stage!r} needs the stages {missing} first; add them to --stages or "
                 "--resume a run that finished them"
             )
-    save_config(cfg, run_dir)  # on resume too: a larger budget is the run's config from now on
-    logger = Logger(run_dir)  # stages log on separate step axes: rows are appended, not purged
-    runners = {
-        "collect": stage_collect,
-        "vae": stage_vae,
-        "encode": stage_encode,
-        "mdnrnn": stage_mdnrnn,
-        "controller": stage_controller,
-    }
+
+
+@contextmanager
+def stage_progress(run: Run, stage: str, total: int, initial: int, unit: str):
+    """The run's progress bar for one stage, at `initial` of `total` `unit`s (`run.advance`
+    moves it), closed when the stage's loop ends."""
+    run.bar = progress(total, initial=initial, desc=stage, unit=unit)
     try:
-        for stage in todo:
-            seed_everything(cfg.seed + 1000 * STAGES.index(stage))
-            result = runners[stage](cfg, run_dir, device, logger)
-            summary.update({f"{stage}/{k}": v for k, v in result.items()})
-            done.append(stage)
-            save_checkpoint(ckpt, {"done": done, "summary": summary}, meta=_meta(cfg))
-            logger.flush()
+        yield
     finally:
-        logger.close()
-    return {"stages_run": todo, "stages_done": done, **summary, "run_dir": str(run_dir)}
-
-
-def _save(path: Path, state: dict, cfg: WorldModelsConfig, stage: str) -> None:
-    from wmrl.infra import save_checkpoint
-
-    save_checkpoint(path, state, meta=_meta(cfg, stage))
+        run.bar.close()
+        run.bar = None
 
 
 def _load(path: Path, cfg: WorldModelsConfig, stage: str, device="cpu") -> dict:
-    from wmrl.infra import load_checkpoint
-
+    """The state of a stage's checkpoint, its meta checked against this run's."""
     return load_checkpoint(path, expect_meta=_meta(cfg, stage), map_location=device)
+
+
+def resume_training(path: Path, cfg, stage: str, device, model, optimizer) -> dict:
+    """Put the model, optimizer and generators of an interrupted vae or mdnrnn stage back from
+    its checkpoint `path`; returns the checkpoint's state (its "step" and the stage's extras)."""
+    state = _load(path, cfg, stage, device)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if "rng" in state:  # every generator, CUDA's too (written by Run.checkpoint)
+        set_rng_state(state["rng"])
+    else:
+        torch.set_rng_state(state["torch_rng"].cpu())
+    return state
 
 
 # -- collect ----------------------------------------------------------------------------------
@@ -221,41 +252,16 @@ def brownian_policy(action_space, seed: int | None = None, dt: float = 1 / 50):
     return act
 
 
-def stage_collect(cfg, run_dir: Path, device, logger) -> dict:
-    """Random-action episodes (`collect_policy`) into run_dir/rollouts; resumes from the
-    episode files already there."""
-    from wmrl.envs.collect import Collector
-    from wmrl.envs.registry import make_vector
-    from wmrl.envs.replay import EpisodeReplay
-    from wmrl.envs.rollout import random_policy
-    from wmrl.infra import progress
-
-    directory = run_dir / ROLLOUT_DIR
+def stage_collect(cfg: WorldModelsConfig, run: Run) -> dict:
+    """`cfg.rollouts` random-action episodes (`collect_policy`) in rollouts/, one replay file
+    each, written as it ends; an interrupted collect stage goes on from the files there.
+    Returns the episodes and env steps stored and the mean return of those collected now."""
+    directory = run.dir / ROLLOUT_DIR
     if directory.is_dir():
         replay = EpisodeReplay.load(directory, ROLLOUT_RING_ROWS)
     else:
         replay = EpisodeReplay(ROLLOUT_RING_ROWS, directory=directory)
-    have = replay.total_episodes
-    returns = []
-    if have < cfg.rollouts:
-        seed = cfg.seed + 1000 * have  # fresh seeds after a resume
-        n = min(cfg.num_envs, cfg.rollouts - have)
-        vec = make_vector(cfg.env, n, seed=seed, **env_options(cfg))
-        bar = progress(cfg.rollouts, initial=have, desc="collect", unit="episode")
-        try:
-            collector = Collector(vec, replay, seed=seed)
-            make_policy = random_policy if cfg.collect_policy == "uniform" else brownian_policy
-            policy = make_policy(vec.action_space, seed=seed)
-            step = replay.total_steps
-            while replay.total_episodes < cfg.rollouts:
-                for stats in collector.run(policy, episodes=cfg.rollouts - replay.total_episodes):
-                    step += stats.length
-                    returns.append(stats.ret)
-                    logger.log(step, {"collect/return": stats.ret, "collect/length": stats.length})
-                bar.update(replay.total_episodes - bar.n)
-        finally:
-            bar.close()
-            vec.close()
+    returns = collect(cfg, run, replay) if replay.total_episodes < cfg.rollouts else []
     return {
         "episodes": replay.total_episodes,
         "steps": replay.total_steps,
@@ -263,24 +269,35 @@ def stage_collect(cfg, run_dir: Path, device, logger) -> dict:
     }
 
 
-def episode_files(run_dir: Path) -> list[Path]:
-    """The stored rollouts, in index order."""
+def collect(cfg: WorldModelsConfig, run: Run, replay: EpisodeReplay) -> list[float]:
+    """Episodes into `replay` until it holds `cfg.rollouts`, each logged (collect/return,
+    collect/length) at the env step it ended; returns their returns."""
+    seed = cfg.seed + 1000 * replay.total_episodes  # fresh seeds after a resume
+    n = min(cfg.num_envs, cfg.rollouts - replay.total_episodes)
+    vec = make_vector(cfg.env, n, seed=seed, **env_options(cfg))
+    returns, step = [], replay.total_steps
+    try:
+        collector = Collector(vec, replay, seed=seed)
+        make_policy = random_policy if cfg.collect_policy == "uniform" else brownian_policy
+        policy = make_policy(vec.action_space, seed=seed)
+        with stage_progress(run, "collect", cfg.rollouts, replay.total_episodes, "episode"):
+            while replay.total_episodes < cfg.rollouts:
+                for stats in collector.run(policy, episodes=1):
+                    step += stats.length
+                    returns.append(stats.ret)
+                    run.log(step, {"collect/return": stats.ret, "collect/length": stats.length})
+                run.advance(replay.total_episodes)
+    finally:
+        vec.close()
+    return returns
+
+
+def rollouts(run_dir: Path) -> Iterator[dict[str, np.ndarray]]:
+    """The stored episodes (Minari layout), in index order, read one at a time."""
     directory = run_dir / ROLLOUT_DIR
-    found = {}
-    if directory.is_dir():
-        for path in directory.iterdir():
-            match = EPISODE_FILE.match(path.name)
-            if match:
-                found[int(match[1])] = path
-    if not found:
+    if not directory.is_dir() or not any(directory.glob("*.npz")):
         raise FileNotFoundError(f"no rollouts in {directory}; run the collect stage first")
-    return [found[i] for i in sorted(found)]
-
-
-def read_rollout(path: Path) -> dict[str, np.ndarray]:
-    """One stored episode (Minari layout)."""
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+    return iter_episodes(directory)
 
 
 # -- vae --------------------------------------------------------------------------------------
@@ -288,7 +305,7 @@ def read_rollout(path: Path) -> dict[str, np.ndarray]:
 
 def load_frames(run_dir: Path, max_frames: int | None, rng: np.random.Generator) -> np.ndarray:
     """Every stored frame (or a random `max_frames` of them): uint8 (N, 64, 64, C)."""
-    frames = np.concatenate([read_rollout(p)["observations"] for p in episode_files(run_dir)])
+    frames = np.concatenate([ep["observations"] for ep in rollouts(run_dir)])
     if max_frames is not None and len(frames) > max_frames:
         frames = frames[np.sort(rng.choice(len(frames), max_frames, replace=False))]
     return frames
@@ -298,63 +315,70 @@ def build_vae(cfg: WorldModelsConfig, channels: int = 3) -> ConvVAE:
     return ConvVAE(cfg.vae.z_dim, channels, cfg.vae.kl_tolerance)
 
 
-def stage_vae(cfg, run_dir: Path, device, logger) -> dict:
-    """Train the ConvVAE for `vae.epochs` passes over shuffled frames (the reference's loop)."""
-    from wmrl.infra import progress
+def vae_batches(num_frames: int, batch_size: int, seed: int, step: int, total: int) -> Iterator:
+    """The frame indices (sorted, up to `batch_size`) of updates step + 1 ... total, in epochs of
+    `num_frames // batch_size` updates over one permutation each, seeded by (seed, epoch), so that a
+    resumed stage draws the batches the uninterrupted one would have."""
+    per_epoch = max(num_frames // batch_size, 1)
+    while step < total:
+        order = np.random.default_rng([seed, step // per_epoch]).permutation(num_frames)
+        for i in range(step % per_epoch, per_epoch):
+            yield np.sort(order[i * batch_size : (i + 1) * batch_size])
+            step += 1
 
-    frames = load_frames(run_dir, cfg.vae_max_frames, np.random.default_rng(cfg.seed))
-    vae = build_vae(cfg, frames.shape[-1]).to(device)
+
+def vae_state(vae: ConvVAE, optimizer, step: int) -> dict:
+    """vae.pt's state (`Run.checkpoint` adds every generator's)."""
+    return {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "torch_rng": torch.get_rng_state(), "channels": vae.channels}  # fmt: skip
+
+
+def stage_vae(cfg: WorldModelsConfig, run: Run) -> dict:
+    """Train the ConvVAE for `vae.epochs` passes over shuffled frames (the reference's loop),
+    from vae.pt where an earlier vae stage stopped; then the GIF vae_recon (real | VAE).
+    Returns the updates and the last update's losses."""
+    frames = load_frames(run.dir, cfg.vae_max_frames, np.random.default_rng(cfg.seed))
+    vae = build_vae(cfg, frames.shape[-1]).to(run.device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.vae.lr)
-    path = run_dir / "vae.pt"
-    per_epoch = max(len(frames) // cfg.vae.batch_size, 1)
-    total, step = per_epoch * cfg.vae.epochs, 0
+    path, step = run.dir / "vae.pt", 0
+    total = max(len(frames) // cfg.vae.batch_size, 1) * cfg.vae.epochs
     if path.exists():  # an interrupted vae stage
-        state = _load(path, cfg, "vae", device)
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        torch.set_rng_state(state["torch_rng"])
-
-    def save():
-        state = {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "torch_rng": torch.get_rng_state(), "channels": frames.shape[-1]}  # fmt: skip
-        _save(path, state, cfg, "vae")
-
-    sums, metrics = {}, {}
-    bar = progress(total, initial=step, desc="vae", unit="update")
+        step = int(resume_training(path, cfg, "vae", run.device, vae, optimizer)["step"])
+    every_log = Every(cfg.log_every, start=step)
+    every_checkpoint = Every(cfg.checkpoint_every, start=step)
+    metrics, last = MeanMetrics(), {}
     vae.train()
-    try:
-        while step < total:
-            # One permutation per epoch, seeded by the epoch, so a resume repeats it.
-            order = np.random.default_rng([cfg.seed, step // per_epoch]).permutation(len(frames))
-            for i in range(step % per_epoch, per_epoch):
-                idx = np.sort(order[i * cfg.vae.batch_size : (i + 1) * cfg.vae.batch_size])
-                batch = torch.as_tensor(frames[idx]).to(device)
-                metrics = train_vae_step(vae, batch, optimizer)
-                step += 1
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                if step % cfg.log_every == 0 or step == total:
-                    n = step % cfg.log_every or cfg.log_every
-                    logger.log(step, {f"vae/{k}": v / n for k, v in sums.items()})
-                    sums = {}
-                if step % cfg.checkpoint_every == 0:
-                    save()
-                bar.update(1)
-                bar.set_postfix(loss=f"{metrics['loss']:.1f}")
-    finally:
-        bar.close()
-    save()
+    with stage_progress(run, "vae", total, step, "update"):
+        for idx in vae_batches(len(frames), cfg.vae.batch_size, cfg.seed, step, total):
+            last = train_vae_step(vae, torch.as_tensor(frames[idx]).to(run.device), optimizer)
+            metrics.add(last)
+            step += 1
+            if every_log(step) or step == total:
+                means = metrics.mean(f"a VAE update before update {step}", FIX_VAE)
+                run.log(step, {f"vae/{k}": v for k, v in means.items()})
+            if every_checkpoint(step):
+                run.checkpoint(vae_state(vae, optimizer, step), path)
+            run.advance(step, loss=f"{last['loss']:.1f}")
+    run.checkpoint(vae_state(vae, optimizer, step), path)
     vae.eval()
-    episode = read_rollout(episode_files(run_dir)[-1])["observations"][: cfg.gif_frames]
-    with torch.no_grad():
-        mu, _ = vae.encode(torch.as_tensor(episode).to(device))
-        recon = vae.decode_frames(mu).cpu().numpy()
-    logger.video(step, "vae/recon", np.concatenate([episode, recon], axis=2))  # real | VAE
-    return {"updates": step, **{k: metrics.get(k) for k in ("loss", "r_loss", "kl")}}
+    run.video(step, "vae/recon", vae_recon(vae, run.dir, cfg.gif_frames, run.device))
+    return {"updates": step, **{k: last.get(k) for k in ("loss", "r_loss", "kl")}}
+
+
+FIX_VAE = "resume from vae.pt with a lower --vae.lr"
+
+
+@torch.no_grad()
+def vae_recon(vae: ConvVAE, run_dir: Path, frames: int, device) -> np.ndarray:
+    """The first `frames` frames of the newest rollout beside their VAE reconstructions (from
+    the mean of z): uint8 (T, 64, 2 * 64, C)."""
+    episode = read_episode(run_dir / ROLLOUT_DIR)["observations"][:frames]
+    mu, _ = vae.encode(torch.as_tensor(episode).to(device))
+    return np.concatenate([episode, vae.decode_frames(mu).cpu().numpy()], axis=2)
 
 
 def load_vae(cfg: WorldModelsConfig, run_dir: Path, device) -> ConvVAE:
+    """The trained ConvVAE of vae.pt, in eval mode."""
     path = run_dir / "vae.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; run the vae stage first")
@@ -367,51 +391,45 @@ def load_vae(cfg: WorldModelsConfig, run_dir: Path, device) -> ConvVAE:
 # -- encode -----------------------------------------------------------------------------------
 
 
-def stage_encode(cfg, run_dir: Path, device, logger) -> dict:
+def stage_encode(cfg: WorldModelsConfig, run: Run) -> dict:
     """(mu, logvar) of every stored frame, with the episodes in the replay's row layout, into
     series.npz (the reference's series.py): mu, logvar (N, Z); action (N, A) with action[t] =
-    a_(t-1); reward (N,) = r_(t-1); is_first, is_terminal (N,); starts, lengths (E,) rows."""
-    vae = load_vae(cfg, run_dir, device)
-    out = {k: [] for k in ("mu", "logvar", "action", "reward", "is_first", "is_terminal")}
-    lengths = []
-    with torch.no_grad():
-        for path in episode_files(run_dir):
-            ep = read_rollout(path)
-            obs = ep["observations"]
-            for key in ("mu", "logvar"):
-                out[key].append([])
-            for i in range(0, len(obs), cfg.encode_batch):
-                mu, logvar = vae.encode(torch.as_tensor(obs[i : i + cfg.encode_batch]).to(device))
-                out["mu"][-1].append(mu.cpu().numpy())
-                out["logvar"][-1].append(logvar.cpu().numpy())
-            out["mu"][-1] = np.concatenate(out["mu"][-1])
-            out["logvar"][-1] = np.concatenate(out["logvar"][-1])
-            actions = np.asarray(ep["actions"], np.float32)
-            out["action"].append(np.concatenate([np.zeros_like(actions[:1]), actions]))
-            out["reward"].append(np.concatenate([[0.0], ep["rewards"]]).astype(np.float32))
-            out["is_first"].append(np.arange(len(obs)) == 0)
-            out["is_terminal"].append(np.concatenate([[False], ep["terminations"]]))
-            lengths.append(len(obs))
-    series = {k: np.concatenate(v) for k, v in out.items()}
-    series["lengths"] = np.asarray(lengths)
+    a_(t-1); reward (N,) = r_(t-1); is_first, is_terminal (N,); starts, lengths (E,) rows.
+    Returns the episodes and frames encoded."""
+    vae = load_vae(cfg, run.dir, run.device)
+    rows = [encode_episode(vae, ep, cfg.encode_batch, run.device) for ep in rollouts(run.dir)]
+    series = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+    lengths = np.asarray([len(r["mu"]) for r in rows])
+    series["lengths"] = lengths
     series["starts"] = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    _write_npz(run_dir / SERIES_FILE, series)
-    return {"episodes": len(lengths), "frames": int(sum(lengths))}
+    buffer = io.BytesIO()
+    np.savez(buffer, **series)
+    atomic_write_bytes(run.dir / SERIES_FILE, buffer.getbuffer())
+    return {"episodes": len(lengths), "frames": int(lengths.sum())}
 
 
-def _write_npz(path: Path, arrays: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+@torch.no_grad()
+def encode_episode(vae: ConvVAE, episode: dict, batch: int, device) -> dict[str, np.ndarray]:
+    """One episode (Minari layout, T+1 frames) as its T+1 rows of the series: mu, logvar
+    (T+1, Z), encoded `batch` frames at a time; action, reward, is_first, is_terminal."""
+    obs = episode["observations"]
+    mu, logvar = [], []
+    for i in range(0, len(obs), batch):
+        m, lv = vae.encode(torch.as_tensor(obs[i : i + batch]).to(device))
+        mu.append(m.cpu().numpy())
+        logvar.append(lv.cpu().numpy())
+    return {
+        "mu": np.concatenate(mu),
+        "logvar": np.concatenate(logvar),
+        "action": episode_rows(episode)[1],
+        "reward": np.concatenate([[0.0], episode["rewards"]]).astype(np.float32),
+        "is_first": np.arange(len(obs)) == 0,
+        "is_terminal": np.concatenate([[False], episode["terminations"]]),
+    }
 
 
 def load_series(run_dir: Path) -> dict[str, np.ndarray]:
+    """The arrays of series.npz (see `stage_encode`)."""
     path = run_dir / SERIES_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; run the encode stage first")
@@ -444,76 +462,66 @@ def sample_sequences(series: dict, batch_size: int, seq_len: int, rng) -> dict[s
     return batch
 
 
+def mdnrnn_batch(series: dict, cfg: WorldModelsConfig, rng, device) -> dict[str, torch.Tensor]:
+    """One training batch on `device` (`sample_sequences` with the config's sizes), z sampled
+    from each row's (mu, logvar)."""
+    raw = sample_sequences(series, cfg.mdnrnn.batch_size, cfg.mdnrnn.seq_len, rng)
+    batch = {k: torch.as_tensor(v).to(device) for k, v in raw.items()}
+    return {"z": ConvVAE.sample(batch.pop("mu"), batch.pop("logvar")), **batch}
+
+
 def build_mdnrnn(cfg: WorldModelsConfig, action_dim: int) -> MDNRNN:
     return MDNRNN(cfg.vae.z_dim, action_dim, cfg.mdnrnn)
 
 
-def stage_mdnrnn(cfg, run_dir: Path, device, logger) -> dict:
-    """Train the MDN-RNN on z sampled from the stored (mu, logvar), `mdnrnn.steps` updates."""
-    from wmrl.infra import progress
+def mdnrnn_state(model: MDNRNN, optimizer, step: int, rng: np.random.Generator) -> dict:
+    """mdnrnn.pt's state (`Run.checkpoint` adds every generator's)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+            "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "action_dim": model.action_dim}  # fmt: skip
 
-    series = load_series(run_dir)
+
+def stage_mdnrnn(cfg: WorldModelsConfig, run: Run) -> dict:
+    """Train the MDN-RNN on z sampled from the stored (mu, logvar), `mdnrnn.steps` updates, from
+    mdnrnn.pt where an earlier mdnrnn stage stopped; then the GIF mdnrnn/dream_openloop.
+    Returns the updates and the last update's losses."""
+    series = load_series(run.dir)
     rng = np.random.default_rng(cfg.seed)
-    model = build_mdnrnn(cfg, series["action"].shape[1]).to(device)
+    model = build_mdnrnn(cfg, series["action"].shape[1]).to(run.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.mdnrnn.lr)
-    path, step = run_dir / "mdnrnn.pt", 0
+    path, step, total = run.dir / "mdnrnn.pt", 0, cfg.mdnrnn.steps
     if path.exists():  # an interrupted mdnrnn stage
-        state = _load(path, cfg, "mdnrnn", device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-
-    def save():
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-                 "action_dim": model.action_dim}  # fmt: skip
-        _save(path, state, cfg, "mdnrnn")
-
-    sums, metrics = {}, {}
-    bar = progress(cfg.mdnrnn.steps, initial=step, desc="mdnrnn", unit="update")
+        state = resume_training(path, cfg, "mdnrnn", run.device, model, optimizer)
+        step, rng.bit_generator.state = int(state["step"]), state["numpy_rng"]
+    every_log = Every(cfg.log_every, start=step)
+    every_checkpoint = Every(cfg.checkpoint_every, start=step)
+    metrics, last = MeanMetrics(), {}
     model.train()
-    try:
-        while step < cfg.mdnrnn.steps:
-            raw = sample_sequences(series, cfg.mdnrnn.batch_size, cfg.mdnrnn.seq_len, rng)
-            t = {k: torch.as_tensor(v).to(device) for k, v in raw.items()}
-            batch = {
-                "z": ConvVAE.sample(t["mu"], t["logvar"]),
-                "action": t["action"],
-                "is_first": t["is_first"],
-                "reward": t["reward"],
-                "is_terminal": t["is_terminal"],
-                "mask": t["mask"],
-            }
-            metrics = train_mdnrnn_step(model, batch, optimizer)
+    with stage_progress(run, "mdnrnn", total, step, "update"):
+        while step < total:
+            last = train_mdnrnn_step(model, mdnrnn_batch(series, cfg, rng, run.device), optimizer)
+            metrics.add(last)
             step += 1
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-            if step % cfg.log_every == 0 or step == cfg.mdnrnn.steps:
-                n = step % cfg.log_every or cfg.log_every
-                logger.log(step, {f"mdnrnn/{k}": v / n for k, v in sums.items()})
-                sums = {}
-            if step % cfg.checkpoint_every == 0:
-                save()
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-    finally:
-        bar.close()
-    save()
+            if every_log(step) or step == total:
+                means = metrics.mean(f"an MDN-RNN update before update {step}", FIX_MDNRNN)
+                run.log(step, {f"mdnrnn/{k}": v for k, v in means.items()})
+            if every_checkpoint(step):
+                run.checkpoint(mdnrnn_state(model, optimizer, step, rng), path)
+            run.advance(step, loss=f"{last['loss']:.3f}")
+    run.checkpoint(mdnrnn_state(model, optimizer, step, rng), path)
     model.eval()
-    frames = dream_openloop(cfg, run_dir, device)
-    logger.video(step, "mdnrnn/dream_openloop", frames)
-    return {"updates": step, **{k: metrics.get(k) for k in ("loss", "z_nll")}}
+    run.video(step, "mdnrnn/dream_openloop", dream_openloop(cfg, run.dir, run.device))
+    return {"updates": step, **{k: last.get(k) for k in ("loss", "z_nll")}}
+
+
+FIX_MDNRNN = "resume from mdnrnn.pt with a lower --mdnrnn.lr"
 
 
 def dream_openloop(cfg, run_dir: Path, device, context: int = 1) -> np.ndarray:
     """The MDN-RNN dreaming an episode from its first frame with the recorded actions, decoded
     by the VAE: rows truth / dream / |error|, uint8 (T, 3 * 64, 64, C)."""
-    from wmrl.planners.methods.runs import episode_rows
-
     model = load_model(cfg, run_dir, device)
-    obs, action = episode_rows(read_rollout(episode_files(run_dir)[-1]))
+    obs, action = episode_rows(read_episode(run_dir / ROLLOUT_DIR))
     T = min(cfg.gif_frames, len(obs))
     return openloop_frames(model, obs[:T], action[:T], context, T - context)
 
@@ -568,83 +576,102 @@ def rollout_spec(cfg: WorldModelsConfig, run_dir: Path, mode: str) -> RolloutSpe
     )
 
 
-def stage_controller(cfg, run_dir: Path, device, logger) -> dict:
-    """CMA-ES on the linear controller, fitness from rollouts in worker processes; the mean of
-    the search distribution is evaluated in the real env every `eval_every` generations."""
-    from wmrl.infra import progress
-
+def stage_controller(cfg: WorldModelsConfig, run: Run) -> dict:
+    """CMA-ES on the linear controller, fitness from rollouts in worker processes, from
+    controller.pt where an earlier controller stage stopped; the mean of the search distribution
+    is evaluated in the real env every `eval_every` generations and at the end, then recorded
+    as GIFs. Returns the generations, the last evaluation's return and the best fitness."""
     c = cfg.controller
     if c.mode == "dream" and not (cfg.mdnrnn.done_head or cfg.mdnrnn.reward_head):
         raise ValueError(
             "--controller.mode dream needs an MDN-RNN trained with --mdnrnn.done_head true "
             "and/or --mdnrnn.reward_head true (the dream's episode ends and rewards)"
         )
-    spec = rollout_spec(cfg, run_dir, c.mode)
+    spec = rollout_spec(cfg, run.dir, c.mode)
     # Evaluations: whole real episodes, whatever the training rollouts' patience.
     real_spec = dataclasses.replace(spec, mode="real", patience=None)
-    m = spec.mdnrnn
-    dim = num_params(m["z_dim"] + m["cfg"]["hidden"], m["action_dim"])
-    path = run_dir / "controller.pt"
-    eval_return = None
-    if path.exists():  # an interrupted controller stage
-        state = _load(path, cfg, "controller")
-        search = ControllerSearch.from_bytes(state["search"])
-        eval_return = state["eval_return"]
-    else:
-        search = ControllerSearch(dim, c, seed=cfg.seed)
-
-    def save():
-        state = {"search": search.state_bytes(), "generation": search.generation,
-                 "mean": torch.as_tensor(search.mean), "eval_return": eval_return,
-                 "best": torch.as_tensor(search.best_params)}  # fmt: skip
-        _save(path, state, cfg, "controller")
-
-    def evaluate() -> float:
-        seeds = 10**6 + cfg.seed * 10**5 + np.arange(c.eval_episodes)  # apart from training's
-        if c.mode == "real" and c.patience is None:  # the training rollouts' workers will do
-            returns = evaluator.returns(search.mean[None], seeds)
-        else:
-            with Evaluator(real_spec, c.workers, cfg.mp_context) as real:
-                returns = real.returns(search.mean[None], seeds)
-        return float(returns.mean())
-
-    bar = progress(c.generations, initial=search.generation, desc="controller", unit="gen")
-    with Evaluator(spec, c.workers, cfg.mp_context) as evaluator:
-        try:
-            while search.generation < c.generations:
-                candidates = search.ask()
-                seeds = cfg.seed * 10**5 + search.generation * c.rollouts + np.arange(c.rollouts)
-                stats = search.tell(evaluator.returns(candidates, seeds).mean(1))
-                row = {f"controller/{k}": v for k, v in stats.items()}
-                g = search.generation
-                if g % c.eval_every == 0 or g == c.generations:
-                    eval_return = evaluate()
-                    row["eval/return"] = eval_return
-                logger.log(g, row)
-                if g % c.checkpoint_every == 0 or g == c.generations:
-                    save()
-                bar.update(1)
-                bar.set_postfix(ret=f"{stats['return_mean']:.1f}")
-        finally:
-            bar.close()
-    save()
-    # GIFs of the final mean controller: a real episode, and a dream when trained in one.
-    rollouts = Rollouts(dataclasses.replace(real_spec, max_steps=cfg.gif_frames))
-    ret, frames = rollouts.real(search.mean, seed=cfg.seed, record=True)
-    rollouts.env.close()
-    logger.video(search.generation, "controller/real", frames)
-    if c.mode == "dream":
-        dream = Rollouts(dataclasses.replace(spec, max_steps=cfg.gif_frames))
-        logger.video(search.generation, "controller/dream", dream.dream(search.mean, [0], True)[1])
+    path = run.dir / "controller.pt"
+    search, eval_return = open_search(cfg, spec, path)
+    every_eval = Every(c.eval_every, start=search.generation)
+    every_checkpoint = Every(c.checkpoint_every, start=search.generation)
+    with (
+        Evaluator(spec, c.workers, cfg.mp_context) as evaluator,
+        stage_progress(run, "controller", c.generations, search.generation, "gen"),
+    ):
+        while search.generation < c.generations:
+            candidates = search.ask()
+            seeds = cfg.seed * 10**5 + search.generation * c.rollouts + np.arange(c.rollouts)
+            stats = search.tell(evaluator.returns(candidates, seeds).mean(1))
+            row = {f"controller/{k}": v for k, v in stats.items()}
+            g = search.generation
+            if every_eval(g) or g == c.generations:
+                eval_return = evaluate(cfg, search.mean, evaluator, real_spec)
+                row["eval/return"] = eval_return
+            run.log(g, row)
+            if every_checkpoint(g) or g == c.generations:
+                run.checkpoint(controller_state(search, eval_return), path)
+            run.advance(g, ret=f"{stats['return_mean']:.1f}")
+    run.checkpoint(controller_state(search, eval_return), path)
+    controller_gifs(cfg, run, spec, search)
     return {"generations": search.generation, "eval_return": eval_return,
             "fitness_best_ever": search.best_fitness}  # fmt: skip
 
 
+def open_search(cfg: WorldModelsConfig, spec: RolloutSpec, path: Path):
+    """(search, last evaluation's return): as saved in `path` by an earlier controller stage,
+    else a new CMA-ES search over the linear controller's parameters and None."""
+    if path.exists():
+        state = _load(path, cfg, "controller")
+        return ControllerSearch.from_bytes(state["search"]), state["eval_return"]
+    m = spec.mdnrnn
+    dim = num_params(m["z_dim"] + m["cfg"]["hidden"], m["action_dim"])
+    return ControllerSearch(dim, cfg.controller, seed=cfg.seed), None
+
+
+def controller_state(search: ControllerSearch, eval_return: float | None) -> dict:
+    """controller.pt's state: the search, its mean (the controller) and best candidate."""
+    return {"search": search.state_bytes(), "generation": search.generation,
+            "mean": torch.as_tensor(search.mean), "eval_return": eval_return,
+            "best": torch.as_tensor(search.best_params)}  # fmt: skip
+
+
+def evaluate(cfg: WorldModelsConfig, params, evaluator: Evaluator, real_spec) -> float:
+    """The mean return of the controller `params` (P,) over `eval_episodes` whole real episodes,
+    on seeds apart from training's; in `evaluator`'s workers when they play whole real episodes
+    (mode real, no patience), else in a pool of `real_spec` workers started for it."""
+    c = cfg.controller
+    seeds = 10**6 + cfg.seed * 10**5 + np.arange(c.eval_episodes)
+    if c.mode == "real" and c.patience is None:
+        return float(evaluator.returns(params[None], seeds).mean())
+    with Evaluator(real_spec, c.workers, cfg.mp_context) as real:
+        return float(real.returns(params[None], seeds).mean())
+
+
+def controller_gifs(cfg: WorldModelsConfig, run: Run, spec: RolloutSpec, search) -> None:
+    """GIFs of the search's mean controller: a real episode, and a dream when trained in one."""
+    real = dataclasses.replace(spec, mode="real", patience=None, max_steps=cfg.gif_frames)
+    rollouts = Rollouts(real)
+    _, frames = rollouts.real(search.mean, seed=cfg.seed, record=True)
+    rollouts.env.close()
+    run.video(search.generation, "controller/real", frames)
+    if spec.mode == "dream":
+        dream = Rollouts(dataclasses.replace(spec, max_steps=cfg.gif_frames))
+        run.video(search.generation, "controller/dream", dream.dream(search.mean, [0], True)[1])
+
+
 def load_controller(run_dir: Path):
     """The final controller's parameters (the CMA-ES mean) of a run: numpy (P,)."""
-    from wmrl.infra import load_checkpoint
-
     return load_checkpoint(Path(run_dir) / "controller.pt")["mean"].numpy()
+
+
+# What each stage runs: stage(cfg, run) -> its results for the summary.
+RUNNERS = {
+    "collect": stage_collect,
+    "vae": stage_vae,
+    "encode": stage_encode,
+    "mdnrnn": stage_mdnrnn,
+    "controller": stage_controller,
+}
 
 
 # -- rendering --------------------------------------------------------------------------------
@@ -653,8 +680,6 @@ def load_controller(run_dir: Path):
 def load_run(run_dir: Path, device) -> LoadedRun:
     """A saved World Models run for `planners.methods.runs.load_run` (scripts/render_gif.py): the
     VAE + MDN-RNN adapter, its env and the random rollouts it was trained on."""
-    from wmrl.infra import load_config
-
     cfg = load_config(WorldModelsConfig, run_dir)
     model = load_model(cfg, Path(run_dir), device)
     return LoadedRun(model, cfg, cfg.env, env_options(cfg), Path(run_dir) / ROLLOUT_DIR)
