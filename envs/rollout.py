@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from wmrl.envs.registry import make
+
 
 def env_action_repeat(env) -> int:
     """The action repeat of an env built by `envs.make` (DMCEnv's or the ActionRepeat
@@ -77,3 +79,17 @@ def random_policy(action_space, seed: int | None = None, rng: np.random.Generato
         return rng.uniform(low, high).astype(action_space.dtype)
 
     return act
+
+
+def eval_env(dataset, env_id: str = ""):
+    """The env that scores a policy learned from `dataset` (an `envs.OfflineDataset`):
+    `make(env_id)` when an id is given, else the env the dataset was recorded in
+    (`dataset.recover_environment()`). Raises `DatasetMismatchError`, naming the fix, unless its
+    spaces equal the dataset's."""
+    env = make(env_id) if env_id else dataset.recover_environment()
+    try:
+        dataset.check_env(env)
+    except Exception:
+        env.close()
+        raise
+    return env

@@ -42,34 +42,53 @@ class MeanMetrics:
         for batch in batches:
             metrics.add(update(batch))          # {name: float or 0-d tensor}
         row = metrics.mean("updates 1-100 of run X", "lower the learning rate")
+
+    Each name is averaged over the updates that reported it: a term reported every other update
+    (TD3's delayed actor loss) is the mean of its own values, not half of it.
     """
 
     def __init__(self):
-        self.keys: list[str] = []
-        self.total = None
+        self._keys: tuple[str, ...] = ()
+        self._total = None  # the running sums of the names `_keys`, stacked
+        self._runs = 0  # updates summed into `_total`
+        self._folded: dict[str, list] = {}  # name -> [sum, count] from earlier sets of names
         self.count = 0
 
     def add(self, metrics: dict) -> None:
-        """One update's metrics; every call must name the same metrics."""
+        """One update's metrics."""
         if not metrics:
             return
-        values = list(metrics.values())
+        keys, values = tuple(metrics), list(metrics.values())
+        if keys != self._keys:
+            self._fold()
+            self._keys = keys
         if any(isinstance(v, torch.Tensor) for v in values):
             device = next(v.device for v in values if isinstance(v, torch.Tensor))
             row = torch.stack([torch.as_tensor(v, device=device).detach().float() for v in values])
         else:
             row = torch.tensor([float(v) for v in values], dtype=torch.float64)
-        self.total = row if self.total is None else self.total + row
-        self.keys = list(metrics)
+        self._total = row if self._total is None else self._total + row
+        self._runs += 1
         self.count += 1
+
+    def _fold(self) -> None:
+        """Move the stacked sums into the per-name ones (tensor slices: no host sync)."""
+        for i, name in enumerate(self._keys):
+            entry = self._folded.setdefault(name, [0.0, 0])
+            entry[0] = entry[0] + self._total[i]
+            entry[1] += self._runs
+        self._keys, self._total, self._runs = (), None, 0
 
     def mean(self, what: str = "an update", fix: str = "lower the learning rates") -> dict:
         """{name: mean float} since the last call (empty if nothing was added), then starts
         over; raises FloatingPointError naming `what` and `fix` if any mean is not finite."""
-        if self.total is None:
-            out = {}
-        else:
-            out = dict(zip(self.keys, (v / self.count for v in self.total.tolist()), strict=True))
-        self.keys, self.total, self.count = [], None, 0
+        if self._total is not None:
+            self._fold()
+        names = list(self._folded)
+        out = {}
+        if names:
+            sums = torch.stack([torch.as_tensor(self._folded[n][0]) for n in names]).tolist()
+            out = {n: s / self._folded[n][1] for n, s in zip(names, sums, strict=True)}
+        self._folded, self.count = {}, 0
         check_finite(out, what, fix)
         return out

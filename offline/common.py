@@ -46,9 +46,11 @@ __all__ = [
     "OfflineAlgorithm",
     "TanhGaussianActor",
     "TransitionBuffer",
+    "best_score",
     "episode_returns",
     "floats",
     "mlp",
+    "score_row",
     "soft_update",
     "symmetric_bound",
     "tanh_log_det",
@@ -211,6 +213,29 @@ class TransitionBuffer:
         for k, v in state["data"].items():
             self.data[k][:n] = v.to(self.data[k].device)
         self.size, self._next = n, int(state["next"])
+
+
+# ------------------------------------------------------------------------- evaluation
+
+
+def score_row(returns, dataset) -> dict[str, float]:
+    """The evaluation row of episode `returns` (episodes,): eval/return and eval/return_std (their
+    mean and population std) and, where `dataset` carries reference scores, eval/normalized_score
+    (the mean on the D4RL scale, 100 (R - ref_min) / (ref_max - ref_min))."""
+    returns = np.asarray(returns, np.float64)
+    row = {"eval/return": float(returns.mean()), "eval/return_std": float(returns.std())}
+    if dataset.ref_min_score is not None and dataset.ref_max_score is not None:
+        row["eval/normalized_score"] = float(dataset.normalized_score(returns).mean())
+    return row
+
+
+def best_score(best: float | None, row: dict) -> float | None:
+    """The best normalised score so far: `best` or the row's eval/normalized_score, the larger
+    (None while neither exists)."""
+    score = row.get("eval/normalized_score")
+    if score is None:
+        return best
+    return score if best is None else max(best, score)
 
 
 # ---------------------------------------------------------------------------- critics

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from wmrl.infra import apply_overrides, atomic_write_text, read_metrics
+from wmrl.offline.trainer import ALGORITHMS, PRESETS, OfflineConfig, train_offline
+
 METRIC = "eval/normalized_score"
 
 
@@ -54,9 +57,6 @@ def run_dir_for(root: Path, algo: str, dataset: str, seed: int) -> Path:
 
 def run_grid(cfg: CompareConfig) -> list[Path]:
     """Train every (algo, dataset, seed) not yet finished; returns their run directories."""
-    from wmrl.infra import apply_overrides
-    from wmrl.offline.trainer import ALGORITHMS, PRESETS, OfflineConfig, train_offline
-
     if cfg.preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {cfg.preset!r}")
     unknown = [a for a in _split(cfg.algos) if a not in ALGORITHMS]
@@ -89,8 +89,6 @@ def run_grid(cfg: CompareConfig) -> list[Path]:
 
 
 def _last_step(run_dir: Path) -> int:
-    from wmrl.infra import read_metrics
-
     rows = read_metrics(run_dir)
     return max((r["step"] for r in rows), default=0)
 
@@ -98,8 +96,6 @@ def _last_step(run_dir: Path) -> int:
 def read_run(run_dir: Path) -> dict | None:
     """(algo, dataset, seed, eval curve, wall time) of a run directory, or None if it has no
     evaluations. The curve is the normalised score where the run has one, else the return."""
-    from wmrl.infra import read_metrics
-
     cfg_file = run_dir / "config.json"
     if not cfg_file.exists():
         return None
@@ -154,6 +150,8 @@ def markdown(table: list[dict]) -> str:
 
 def plot(runs: list[dict], path: Path) -> None:
     """Mean score against steps per algorithm, one panel per dataset, ± std shaded."""
+    # matplotlib loads only when a plot is drawn (it is slow to import), and the Agg backend
+    # must be chosen before pyplot is imported.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,8 +182,6 @@ def plot(runs: list[dict], path: Path) -> None:
 
 def compare_offline(cfg: CompareConfig) -> list[dict]:
     """Run the grid (unless `cfg.run` is false), then write the table and the plot."""
-    from wmrl.infra import atomic_write_text
-
     root = Path(cfg.logdir)
     if cfg.run and cfg.datasets:
         run_grid(cfg)

@@ -15,20 +15,28 @@ eval/return_std and, for datasets with reference scores, eval/normalized_score (
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from functools import partial
 from typing import Literal
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from wmrl.envs.rollout import episode_returns
+from wmrl.envs.datasets import load_dataset
+from wmrl.envs.rollout import episode_returns, eval_env
+from wmrl.infra import Every, MeanMetrics, Run
 from wmrl.offline.awac import AWAC, AWACConfig
 from wmrl.offline.bc import BC, BCConfig
-from wmrl.offline.common import Normalizer, OfflineAlgorithm, TransitionBuffer, symmetric_bound
+from wmrl.offline.common import (
+    Normalizer,
+    OfflineAlgorithm,
+    TransitionBuffer,
+    best_score,
+    score_row,
+    symmetric_bound,
+)
 from wmrl.offline.cql import CQL, CQLConfig
 from wmrl.offline.edac import EDAC, EDACConfig
 from wmrl.offline.iql import IQL, IQLConfig
@@ -81,7 +89,7 @@ def _smoke() -> dict:
     return out
 
 
-# "smoke": about 20 s on a 2-core CPU for any algorithm on a small dataset.
+# "smoke": a few hundred small updates, for checking that a run goes end to end.
 PRESETS = {"default": {}, "smoke": _smoke()}
 
 
@@ -98,27 +106,18 @@ def reward_scale(dataset) -> float:
     return 1000.0 / spread
 
 
-def eval_env_for(cfg: OfflineConfig, dataset) -> gym.Env:
-    if cfg.env:
-        from wmrl import envs
-
-        env = envs.make(cfg.env)
-    else:
-        env = dataset.recover_environment()
-    dataset.check_env(env)
-    return env
+def normalized_action(algo: OfflineAlgorithm, normalizer: Normalizer, obs: np.ndarray):
+    """algo.act for one raw state (S,) numpy, z-scored as in training -> action (A,) numpy."""
+    x = normalizer(torch.as_tensor(obs, dtype=torch.float32, device=algo.device)[None])
+    return algo.act(x)[0].cpu().numpy()
 
 
 @torch.no_grad()
 def evaluate(env, algo, normalizer, episodes: int, seed: int) -> np.ndarray:
-    """Returns (episodes,) of algo.act on normalised states (`episode_returns`)."""
+    """Returns (episodes,) of algo.act on normalised states (`episode_returns`, reset seeds
+    seed, seed + 1, ...), with the algorithm in eval mode meanwhile."""
     algo.eval()
-
-    def act(obs):
-        x = normalizer(torch.as_tensor(obs, dtype=torch.float32, device=algo.device)[None])
-        return algo.act(x)[0].cpu().numpy()
-
-    returns = episode_returns(env, act, episodes, seed)
+    returns = episode_returns(env, partial(normalized_action, algo, normalizer), episodes, seed)
     algo.train()
     return returns
 
@@ -155,109 +154,70 @@ def build(
     return algo, normalizer.to(device), buffer, scale
 
 
+def train_row(metrics: MeanMetrics, seconds: float, what: str) -> dict:
+    """train/<name>: each metric's mean over the updates that reported it since the last row
+    (TD3+BC's and ReBRAC's delayed actor terms over their own updates), and
+    train/updates_per_s. Raises FloatingPointError naming `what` if a mean is not finite."""
+    updates = metrics.count
+    means = metrics.mean(what, "resume from the last checkpoint with lower learning rates")
+    row = {f"train/{k}": v for k, v in means.items()}
+    row["train/updates_per_s"] = updates / seconds
+    return row
+
+
 def train_offline(cfg: OfflineConfig, resume: bool = False) -> dict:
     """Train `cfg.algo` on `cfg.dataset` for `cfg.steps` gradient steps; with `resume`, continue
     the run in `cfg.logdir` from its checkpoint. Returns a summary dict."""
-    from wmrl import envs
-    from wmrl.infra import (
-        Logger,
-        load_checkpoint,
-        prepare_run_dir,
-        progress,
-        resolve_device,
-        rng_state,
-        save_checkpoint,
-        save_config,
-        seed_everything,
-        set_rng_state,
-    )
-
     if not cfg.dataset:
         raise ValueError("--dataset is required: a Minari dataset id or path")
-    run_dir = prepare_run_dir(cfg.logdir, resume)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    dataset = envs.load_dataset(cfg.dataset)
-    env = eval_env_for(cfg, dataset)
-    algo, normalizer, buffer, scale = build(cfg, dataset, device)
-    has_ref = dataset.ref_min_score is not None and dataset.ref_max_score is not None
-    meta = {"job": "offline", "algo": cfg.algo, "dataset": dataset.dataset_id}
-    ckpt_path = run_dir / "checkpoint.pt"
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed)
-    step, best, wall0 = 0, None, 0.0
-    if resume:
-        state = load_checkpoint(ckpt_path, expect_meta=meta, map_location=device)
-        algo.load_state(state["algo"])
-        gen.set_state(state["sampler"].cpu())  # a generator state is a CPU tensor
-        set_rng_state(state["rng"])
-        step, best = int(state["step"]), state["best_normalized_score"]
-        wall0 = float(state.get("wall_s", 0.0))
-    start = time.perf_counter()
+    with Run(cfg, resume, desc=cfg.algo) as run:
+        dataset = load_dataset(cfg.dataset)
+        env = run.closing(eval_env(dataset, cfg.env))
+        algo, normalizer, buffer, scale = build(cfg, dataset, run.device)
+        sampler = torch.Generator(device=run.device)
+        sampler.manual_seed(cfg.seed)
+        state = run.restore({"job": "offline", "algo": cfg.algo, "dataset": dataset.dataset_id})
+        step, best = 0, None
+        if state is not None:
+            algo.load_state(state["algo"])
+            sampler.set_state(state["sampler"].cpu())  # a generator state is a CPU tensor
+            step, best = int(state["step"]), state["best_normalized_score"]
+        run.begin(step, total=cfg.steps, unit="update")
 
-    def wall() -> float:
-        """Seconds of this run so far, over all its resumes."""
-        return wall0 + time.perf_counter() - start
-
-    save_config(cfg, run_dir)
-
-    def checkpoint() -> None:
-        state = {
-            "algo": algo.save_state(),
-            "normalizer": normalizer.state_dict(),
-            "reward_scale": scale,
-            "step": step,
-            "sampler": gen.get_state(),
-            "rng": rng_state(),
-            "best_normalized_score": best,
-            "wall_s": wall(),
-        }
-        save_checkpoint(ckpt_path, state, meta=meta)
-
-    logger = Logger(run_dir, resume_step=step if resume else None)
-    bs = getattr(cfg, cfg.algo).batch_size
-    sums: dict[str, float] = {}
-    count, t0, last = 0, time.perf_counter(), {}
-    bar = progress(cfg.steps, initial=step, desc=cfg.algo, unit="update")
-    try:
+        every_log = Every(cfg.log_every, start=step)
+        every_eval = Every(cfg.eval_every, start=step)
+        every_checkpoint = Every(cfg.checkpoint_every, start=step)
+        batch_size = getattr(cfg, cfg.algo).batch_size
+        metrics, last, t0 = MeanMetrics(), {}, time.perf_counter()
         while step < cfg.steps:
-            metrics = algo.update(buffer.sample(bs, gen))
+            metrics.add(algo.update(buffer.sample(batch_size, sampler)))
             step += 1
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
-            count += 1
-            bar.update(1)
+            end = step == cfg.steps
+            run.advance(step)
             row = {}
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                bad = {k: v for k, v in sums.items() if not math.isfinite(v)}
-                if bad:
-                    raise FloatingPointError(
-                        f"{cfg.algo} in {run_dir}: non-finite {bad} by update {step}; resume "
-                        "from the last checkpoint with lower learning rates"
-                    )
-                row = {f"train/{k}": v / count for k, v in sums.items()}
-                row["train/updates_per_s"] = count / (time.perf_counter() - t0)
-                sums, count, t0 = {}, 0, time.perf_counter()
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            # Each counter is called on every update (before `or end`), so none skips a period.
+            if every_log(step) or end:
+                what = f"{cfg.algo} in {run.dir} by update {step}"
+                row, t0 = train_row(metrics, time.perf_counter() - t0, what), time.perf_counter()
+            if every_eval(step) or end:
                 returns = evaluate(env, algo, normalizer, cfg.eval_episodes, cfg.seed + 10_000)
-                row["eval/return"] = float(returns.mean())
-                row["eval/return_std"] = float(returns.std())
-                if has_ref:
-                    score = float(dataset.normalized_score(returns).mean())
-                    row["eval/normalized_score"] = score
-                    best = score if best is None else max(best, score)
-                row["time/wall_s"] = wall()
-                bar.set_postfix(ret=f"{returns.mean():.1f}")
+                row.update(score_row(returns, dataset))
+                best = best_score(best, row)
+                row["time/wall_s"] = run.wall()
+                run.advance(step, ret=f"{returns.mean():.1f}")
                 t0 = time.perf_counter()  # evaluation time is not update time
             if row:
-                logger.log(step, row)
+                run.log(step, row)
                 last.update(row)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                checkpoint()
-    finally:
-        bar.close()
-        logger.close()
-        env.close()
+            if every_checkpoint(step) or end:
+                run.checkpoint({
+                    "algo": algo.save_state(),
+                    "normalizer": normalizer.state_dict(),
+                    "reward_scale": scale,
+                    "step": step,
+                    "sampler": sampler.get_state(),
+                    "best_normalized_score": best,
+                })  # fmt: skip
     return {
         "algo": cfg.algo,
         "dataset": dataset.dataset_id,
@@ -265,6 +225,6 @@ def train_offline(cfg: OfflineConfig, resume: bool = False) -> dict:
         "eval_return": last.get("eval/return"),
         "normalized_score": last.get("eval/normalized_score"),
         "best_normalized_score": best,
-        "wall_s": round(wall(), 1),
-        "run_dir": str(Path(run_dir)),
+        "wall_s": round(run.wall(), 1),
+        "run_dir": str(run.dir),
     }

@@ -15,13 +15,18 @@ rendering; physics is not stepped for the imagined row.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from wmrl import envs  # noqa: F401 - sets MUJOCO_GL=egl (headless) before MuJoCo renders
+from wmrl import envs  # importing it also sets MUJOCO_GL=egl (headless) before MuJoCo renders
+from wmrl.infra import load_checkpoint, load_config
+from wmrl.offline.morel.train import MOReLConfig
+from wmrl.planners.npg import NPG
+from wmrl.worldmodels.ensemble import DynamicsEnsemble
 
 HALT_COLOR = np.array([220, 30, 30], np.uint8)
 
@@ -56,6 +61,16 @@ def set_state_from_obs(env: gym.Env, obs: np.ndarray, root: np.ndarray) -> None:
     qpos = np.concatenate([root, obs[: u.model.nq - k]])
     qvel = np.asarray(obs[u.model.nq - k :], np.float64)
     u.set_state(qpos, qvel)
+
+
+def side_by_side(real: gym.Env, drawn: gym.Env, imagined: np.ndarray, k: int, halted: bool):
+    """One frame (size, 2 * size, 3): `real` rendered beside the `imagined` state drawn in
+    `drawn`, bordered red if `halted`. The k root positions the model does not predict follow
+    the real rollout, so both halves share a camera (the locomotion envs' camera tracks the
+    root)."""
+    set_state_from_obs(drawn, imagined, real.unwrapped.data.qpos[:k].copy())
+    right = drawn.render()
+    return np.concatenate([real.render(), _bordered(right) if halted else right], 1)
 
 
 def _bordered(frame: np.ndarray, width: int = 3) -> np.ndarray:
@@ -102,15 +117,7 @@ def imagined_vs_real(
             obs = np.asarray(start_obs, np.float64)
         device = next(model.parameters()).device if hasattr(model, "parameters") else "cpu"
         imagined, halted = np.asarray(obs, np.float64), False
-
-        def frame() -> np.ndarray:
-            # The root positions the model does not predict follow the real rollout, so both
-            # rows share a camera (the locomotion envs' camera tracks the root).
-            set_state_from_obs(drawn, imagined, real.unwrapped.data.qpos[:k].copy())
-            right = drawn.render()
-            return np.concatenate([real.render(), _bordered(right) if halted else right], 1)
-
-        frames, marks = [frame()], [False]
+        frames, marks = [side_by_side(real, drawn, imagined, k, halted)], [False]
         for _ in range(horizon):
             x = torch.as_tensor(imagined, dtype=torch.float32, device=device)[None]
             u = torch.as_tensor(np.asarray(policy(x[0].cpu().numpy()), np.float32), device=device)
@@ -119,7 +126,7 @@ def imagined_vs_real(
                 halted = bool(model.disagreement(x, u[None])[0] > threshold)
             imagined = model.predict(x, u[None])["next_obs"][member, 0].double().cpu().numpy()
             obs, _, terminated, truncated, _ = real.step(policy(np.asarray(obs, np.float32)))
-            frames.append(frame())
+            frames.append(side_by_side(real, drawn, imagined, k, halted))
             marks.append(halted)
             if terminated or truncated:
                 break
@@ -134,11 +141,6 @@ def morel_run_frames(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`imagined_vs_real` for a saved MOReL run (scripts/train_morel.py): its ensemble, its
     policy's mean action and its USAD threshold, from the dataset's first episode start."""
-    from wmrl.infra import load_checkpoint, load_config
-    from wmrl.offline.morel.train import MOReLConfig
-    from wmrl.planners.npg import NPG
-    from wmrl.worldmodels.ensemble import DynamicsEnsemble
-
     cfg = load_config(MOReLConfig, run_dir)
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt", map_location=device)
     dataset = envs.load_dataset(cfg.dataset)
@@ -152,12 +154,15 @@ def morel_run_frames(
     npg = NPG(S, A, cfg.npg).to(device)
     npg.load_state_dict(state["npg"])
     model.eval()
-
-    def policy(obs: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-        return npg.act(x)[0].cpu().numpy()
-
+    policy = partial(npg_action, npg, device)
     start = dataset.episodes[0]["observations"][0]
     return imagined_vs_real(
         env_id, model, policy, start, horizon, state["usad"]["threshold"], size=size, seed=seed
     )
+
+
+@torch.no_grad()
+def npg_action(npg: NPG, device, obs: np.ndarray) -> np.ndarray:
+    """`npg.act` (A,) numpy for one state (S,) numpy."""
+    x = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+    return npg.act(x)[0].cpu().numpy()

@@ -28,8 +28,8 @@ The loop follows aravindr93/mjrl (branch v2) `projects/morel/run_morel.py` with
 
 Conventions, and which one is the default:
 
-  * pessimism is the DIVISOR of the threshold (as the issue defines it, and as the mjrl v2
-    run_morel.py that has bc_init computes `(1 / pessimism_coef) * max(delta)`): a larger value
+  * pessimism is the DIVISOR of the threshold (this toolkit's convention, and what the mjrl v2
+    run_morel.py that has bc_init computes: `(1 / pessimism_coef) * max(delta)`): a larger value
     halts sooner. The default 3.0 is d4rl_hopper_medium.txt's `pessimism_coef`. The older
     run_morel.py stored at mjrl commit 5b0ce8b multiplies (`pessimism_coef * max(delta)`): pass
     --pessimism 1/coef to reproduce it (0.3333 for its 3.0). pessimism 0 gives an infinite
@@ -64,6 +64,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -71,10 +72,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from wmrl.envs.rollout import episode_returns
-from wmrl.offline.common import floats, symmetric_bound
+from wmrl.envs.datasets import load_dataset
+from wmrl.envs.rollout import episode_returns, eval_env
+from wmrl.infra import CheckpointError, Every, Logger, Run, check_finite, progress
+from wmrl.offline.common import best_score, floats, score_row, symmetric_bound
 from wmrl.offline.morel.pmdp import PessimisticMDP, PessimisticModel
-from wmrl.offline.trainer import eval_env_for
 from wmrl.planners.cem import CEMConfig, Planner
 from wmrl.planners.npg import NPG, NPGConfig, behaviour_clone, sample_paths
 from wmrl.worldmodels.ensemble import (
@@ -221,7 +223,7 @@ def _smoke() -> dict:
     }
 
 
-# "smoke": a few seconds on one CPU thread on a small dataset.
+# "smoke": a small ensemble and a few short NPG iterations: a run end to end, quickly.
 PRESETS = {"default": {}, "smoke": _smoke()}
 
 
@@ -244,17 +246,18 @@ def start_states(dataset) -> np.ndarray:
     return np.stack([ep["observations"][0] for ep in dataset.episodes]).astype(np.float32)
 
 
+def mean_action(policy, low: np.ndarray, high: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """The policy's mean action mu(s) (A,) numpy for one raw state (S,) numpy, clipped to
+    [low, high] as the P-MDP clips."""
+    x = torch.as_tensor(obs, dtype=torch.float32, device=next(policy.parameters()).device)
+    return np.clip(policy.mode(x[None])[0].cpu().numpy(), low, high)
+
+
 @torch.no_grad()
 def evaluate_policy(env: gym.Env, policy, episodes: int, seed: int) -> np.ndarray:
     """Undiscounted returns (episodes,) of the policy's mean action mu(s), clipped to the action
     space as the P-MDP clips, on raw states; one reset seed per episode (seed, seed + 1, ...)."""
-    low, high = env.action_space.low, env.action_space.high
-    device = next(policy.parameters()).device
-
-    def act(obs):
-        x = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-        return np.clip(policy.mode(x)[0].cpu().numpy(), low, high)
-
+    act = partial(mean_action, policy, env.action_space.low, env.action_space.high)
     return episode_returns(env, act, episodes, seed)
 
 
@@ -271,165 +274,77 @@ def _iteration_seed(seed: int, iteration: int) -> int:
 
 
 def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
-    """Fit the ensemble on `cfg.dataset`, then run `cfg.iterations` NPG updates in the P-MDP;
-    with `resume`, continue the run in `cfg.logdir` from its checkpoint (the ensemble is loaded,
-    not refitted). Returns a summary dict."""
-    from wmrl import envs
-    from wmrl.infra import (
-        CHECKPOINT_FILE,
-        CheckpointError,
-        Logger,
-        load_checkpoint,
-        prepare_run_dir,
-        progress,
-        resolve_device,
-        rng_state,
-        save_checkpoint,
-        save_config,
-        seed_everything,
-        set_rng_state,
-    )
-
+    """Fit the ensemble on `cfg.dataset`, then run `cfg.iterations` NPG updates in the P-MDP (or,
+    with planner "cem", plan `cfg.eval_episodes` real episodes in it); with `resume`, continue the
+    run in `cfg.logdir` from its checkpoint (the ensemble is loaded, not refitted). Returns a
+    summary dict."""
     if not cfg.dataset:
         raise ValueError(
             "--dataset is required: a Minari dataset id or path (e.g. wmrl/hopper-medium-v0)"
         )
-    run_dir = prepare_run_dir(cfg.logdir, resume)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    dataset = envs.load_dataset(cfg.dataset)
-    check_dataset(dataset)
-    env = eval_env_for(cfg, dataset)
-    t = dataset.transitions()
-    S, A = t["observations"].shape[1], t["actions"].shape[1]
-    has_ref = dataset.ref_min_score is not None and dataset.ref_max_score is not None
-    meta = {"job": "morel", "dataset": dataset.dataset_id, "obs_dim": S, "action_dim": A}
-    ckpt_path = run_dir / CHECKPOINT_FILE
-    save_config(cfg, run_dir)
-
-    npg = NPG(S, A, cfg.npg).to(device)
-    iteration, best, wall0, planned = 0, None, 0.0, []
-    if resume:
-        state = load_checkpoint(ckpt_path, expect_meta=meta, map_location=device)
-        ensemble = DynamicsEnsemble(S, A, cfg.ensemble).to(device)
-        try:
-            ensemble.load_state_dict(state["ensemble"])
-            npg.load_state_dict(state["npg"])
-            npg.baseline.optimizer.load_state_dict(state["baseline_optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"checkpoint {ckpt_path} does not fit this config's ensemble or policy "
-                f"({str(exc).splitlines()[0]}); resume without changing --ensemble.* or "
-                "--npg.* sizes"
-            ) from exc
-        set_rng_state(state["rng"])
-        usad, iteration = state["usad"], int(state["iteration"])
-        planned = list(state.get("planned_returns", []))
-        best, wall0 = state["best_normalized_score"], float(state["wall_s"])
-    start = time.perf_counter()
-
-    def wall() -> float:
-        """Seconds of this run so far, over all its resumes."""
-        return wall0 + time.perf_counter() - start
-
-    def checkpoint(**extra) -> None:
-        state = {
-            "ensemble": ensemble.state_dict(),
-            "usad": usad,
-            "npg": npg.state_dict(),
-            "baseline_optimizer": npg.baseline.optimizer.state_dict(),
-            "iteration": iteration,
-            "rng": rng_state(),
-            "best_normalized_score": best,
-            "wall_s": wall(),
-            **extra,
-        }
-        save_checkpoint(ckpt_path, state, meta=meta)
-
-    logger = Logger(run_dir, resume_step=iteration if resume else None)
-    try:
-        if not resume:
-            ensemble, usad = fit_model(cfg, t, device, run_dir, logger, progress)
-            if cfg.bc_init and cfg.planner == "npg":
-                obs = torch.as_tensor(t["observations"], dtype=torch.float32, device=device)
-                act = torch.as_tensor(t["actions"], dtype=torch.float32, device=device)
-                bc = behaviour_clone(
-                    npg.policy, obs, act, cfg.npg.bc_epochs, cfg.npg.bc_batch, cfg.npg.bc_lr
-                )
-                logger.log(0, {f"bc/{k.removeprefix('bc_')}": v for k, v in bc.items()})
-            checkpoint()  # an interrupted run resumes here, without refitting the ensemble
+    with Run(cfg, resume, desc="morel") as run:
+        dataset = load_dataset(cfg.dataset)
+        check_dataset(dataset)
+        env = run.closing(eval_env(dataset, cfg.env))
+        t = dataset.transitions()
+        S, A = t["observations"].shape[1], t["actions"].shape[1]
+        cem = cfg.planner == "cem"
+        npg = NPG(S, A, cfg.npg).to(run.device)
+        # On resume, built before `restore` puts the RNG states back, so that its initial
+        # weights (overwritten by the checkpoint's) do not draw from the restored streams.
+        ensemble = DynamicsEnsemble(S, A, cfg.ensemble).to(run.device) if resume else None
+        meta = {"job": "morel", "dataset": dataset.dataset_id, "obs_dim": S, "action_dim": A}
+        state = run.restore(meta)
+        if state is None:
+            ensemble, usad, fit_row = fit_model(cfg, t, run.device, run.dir)
+            rows = [fit_row]
+            if cfg.bc_init and not cem:
+                rows.append(bc_init(npg, t, cfg.npg, run.device))
+            iteration, best, planned = 0, None, []
+        else:
+            load_weights(state, ensemble, npg, run.checkpoint_path)
+            rows, usad, iteration = [], state["usad"], int(state["iteration"])
+            best, planned = state["best_normalized_score"], list(state.get("planned_returns", []))
+        total, unit = (cfg.eval_episodes, "episode") if cem else (cfg.iterations, "iter")
+        run.begin(iteration, total=total, unit=unit)
+        for row in rows:
+            run.log(0, row)
+        if state is None:  # an interrupted run resumes here, without refitting the ensemble
+            run.checkpoint(morel_state(ensemble, usad, npg, iteration, best))
         ensemble.eval()
-        threshold = usad["threshold"]
-        if cfg.planner == "cem":
-            summary = plan_in_pmdp(cfg, ensemble, usad, dataset, env, logger, planned, checkpoint)
-            return summary | {"wall_s": round(wall(), 1), "run_dir": str(Path(run_dir))}
-        pmdp = PessimisticMDP(
-            MemberModel(ensemble),
-            start_states(dataset),
-            threshold,
-            dataset.action_space,
-            halt_penalty=cfg.halt_penalty,
-            horizon=cfg.horizon,
-            num_envs=cfg.npg.update_paths * cfg.ensemble.members,
-            termination=cfg.termination,
-            member_sampling=cfg.member_sampling,
-            halt_reward=cfg.halt_reward,
-            device=device,
-        )
+        if cem:
+            fixed = morel_state(ensemble, usad, npg, iteration, best)
+            summary = plan_in_pmdp(cfg, run, ensemble, usad, dataset, env, planned, fixed)
+            return summary | {"wall_s": round(run.wall(), 1), "run_dir": str(run.dir)}
+
+        pmdp = build_pmdp(cfg, ensemble, usad["threshold"], dataset, run.device)
+        every_eval = Every(cfg.eval_every, start=iteration)
+        every_checkpoint = Every(cfg.checkpoint_every, start=iteration)
         last: dict = {}
-        bar = progress(cfg.iterations, initial=iteration, desc="morel", unit="iter")
-        try:
-            while iteration < cfg.iterations:
-                t0 = time.perf_counter()
-                # Seeded by (seed, iteration) (sample_paths' own reset continues this stream),
-                # so a resumed run draws the starts the uninterrupted one drew.
-                pmdp.reset(seed=_iteration_seed(cfg.seed, iteration))
-                paths = sample_paths(pmdp, npg.policy)
-                metrics = npg.update(paths)
-                iteration += 1
-                mask, halted = paths["mask"], paths["halted"]
-                pm = floats(
-                    {
-                        "halt_fraction": halted.sum() / mask.sum().clamp(min=1),
-                        "halted_paths": halted.any(1).float().mean(),
-                    }
-                )
-                bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
-                if bad:
-                    raise FloatingPointError(
-                        f"MOReL in {run_dir}: non-finite NPG terms {bad} at iteration "
-                        f"{iteration}; resume from the last checkpoint with a smaller "
-                        "--npg.step_size"
-                    )
-                row = {f"train/{'model_return' if k == 'return' else k}": v
-                       for k, v in metrics.items()}  # fmt: skip
-                row.update({f"pmdp/{k}": v for k, v in pm.items()})
-                row["train/iter_s"] = time.perf_counter() - t0
-                if iteration % cfg.eval_every == 0 or iteration == cfg.iterations:
-                    if cfg.eval_episodes > 0:
-                        returns = evaluate_policy(
-                            env, npg.policy, cfg.eval_episodes, cfg.seed + 10_000
-                        )
-                        row["eval/return"] = float(returns.mean())
-                        row["eval/return_std"] = float(returns.std())
-                        if has_ref:
-                            score = float(dataset.normalized_score(returns).mean())
-                            row["eval/normalized_score"] = score
-                            best = score if best is None else max(best, score)
-                        bar.set_postfix(
-                            ret=f"{returns.mean():.1f}", halt=f"{pm['halt_fraction']:.2f}"
-                        )
-                row["time/wall_s"] = wall()
-                logger.log(iteration, row)
-                last.update(row)
-                bar.update(1)
-                if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
-                    checkpoint()
-        finally:
-            bar.close()
-    finally:
-        logger.close()
-        env.close()
+        while iteration < cfg.iterations:
+            t0 = time.perf_counter()
+            # Seeded by (seed, iteration) (sample_paths' own reset continues this stream),
+            # so a resumed run draws the starts the uninterrupted one drew.
+            pmdp.reset(seed=_iteration_seed(cfg.seed, iteration))
+            paths = sample_paths(pmdp, npg.policy)
+            metrics = npg.update(paths)
+            iteration += 1
+            end = iteration == cfg.iterations
+            row = iteration_row(metrics, paths, f"MOReL in {run.dir}: iteration {iteration}")
+            row["train/iter_s"] = time.perf_counter() - t0
+            # Each counter is called on every iteration (before `or end`), so none skips a period.
+            if (every_eval(iteration) or end) and cfg.eval_episodes > 0:
+                returns = evaluate_policy(env, npg.policy, cfg.eval_episodes, cfg.seed + 10_000)
+                row.update(score_row(returns, dataset))
+                best = best_score(best, row)
+                halt = row["pmdp/halt_fraction"]
+                run.advance(iteration, ret=f"{returns.mean():.1f}", halt=f"{halt:.2f}")
+            row["time/wall_s"] = run.wall()
+            run.log(iteration, row)
+            last.update(row)
+            run.advance(iteration)
+            if every_checkpoint(iteration) or end:
+                run.checkpoint(morel_state(ensemble, usad, npg, iteration, best))
     return {
         "algo": "morel",
         "dataset": dataset.dataset_id,
@@ -440,22 +355,101 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
         "eval_return": last.get("eval/return"),
         "normalized_score": last.get("eval/normalized_score"),
         "best_normalized_score": best,
-        "wall_s": round(wall(), 1),
-        "run_dir": str(Path(run_dir)),
+        "wall_s": round(run.wall(), 1),
+        "run_dir": str(run.dir),
     }
 
 
-def plan_in_pmdp(cfg, ensemble, usad, dataset, env, logger, returns, checkpoint) -> dict:
+def morel_state(ensemble: DynamicsEnsemble, usad: dict, npg: NPG, iteration: int, best) -> dict:
+    """What a MOReL checkpoint holds besides the RNG states and the wall clock (which `Run` adds):
+    the fitted ensemble, the USAD statistics, the policy and baseline with the baseline's
+    optimiser, the iteration (planner "cem": episodes planned) and the best normalised score."""
+    return {
+        "ensemble": ensemble.state_dict(),
+        "usad": usad,
+        "npg": npg.state_dict(),
+        "baseline_optimizer": npg.baseline.optimizer.state_dict(),
+        "iteration": iteration,
+        "best_normalized_score": best,
+    }
+
+
+def load_weights(state: dict, ensemble: DynamicsEnsemble, npg: NPG, path: Path) -> None:
+    """Load a checkpoint's ensemble, policy, baseline and baseline optimiser into `ensemble` and
+    `npg`; raises CheckpointError, naming the fix, where their sizes differ from this config's."""
+    try:
+        ensemble.load_state_dict(state["ensemble"])
+        npg.load_state_dict(state["npg"])
+        npg.baseline.optimizer.load_state_dict(state["baseline_optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this config's ensemble or policy "
+            f"({str(exc).splitlines()[0]}); resume without changing --ensemble.* or "
+            "--npg.* sizes"
+        ) from exc
+
+
+def bc_init(npg: NPG, t: dict, cfg: NPGConfig, device) -> dict[str, float]:
+    """Step 4 of the module docstring: fit the policy's mean to the dataset's actions (flat
+    transitions `t`). Returns the row bc/loss_before, bc/loss_after."""
+    obs = torch.as_tensor(t["observations"], dtype=torch.float32, device=device)
+    act = torch.as_tensor(t["actions"], dtype=torch.float32, device=device)
+    bc = behaviour_clone(npg.policy, obs, act, cfg.bc_epochs, cfg.bc_batch, cfg.bc_lr)
+    return {f"bc/{k.removeprefix('bc_')}": v for k, v in bc.items()}
+
+
+def build_pmdp(cfg: MOReLConfig, ensemble, threshold, dataset, device) -> PessimisticMDP:
+    """Step 3 of the module docstring: the P-MDP of the fitted `ensemble` with USAD `threshold`
+    (None: no HALT), npg.update_paths * ensemble.members paths from the dataset's episode starts."""
+    return PessimisticMDP(
+        MemberModel(ensemble),
+        start_states(dataset),
+        threshold,
+        dataset.action_space,
+        halt_penalty=cfg.halt_penalty,
+        horizon=cfg.horizon,
+        num_envs=cfg.npg.update_paths * cfg.ensemble.members,
+        termination=cfg.termination,
+        member_sampling=cfg.member_sampling,
+        halt_reward=cfg.halt_reward,
+        device=device,
+    )
+
+
+def iteration_row(metrics: dict[str, float], paths: dict, what: str) -> dict[str, float]:
+    """One NPG iteration's row: train/<NPG terms> (its `return` as train/model_return),
+    pmdp/halt_fraction (HALT steps / model steps) and pmdp/halted_paths (paths that end in HALT)
+    of `paths` (`sample_paths`: mask and halted (P, H)). Raises FloatingPointError naming `what`
+    if an NPG term is not finite."""
+    mask, halted = paths["mask"], paths["halted"]
+    pm = floats(
+        {
+            "halt_fraction": halted.sum() / mask.sum().clamp(min=1),
+            "halted_paths": halted.any(1).float().mean(),
+        }
+    )
+    fix = "resume from the last checkpoint with a smaller --npg.step_size"
+    check_finite(metrics, f"{what}: an NPG term", fix)
+    row = {f"train/{'model_return' if k == 'return' else k}": v for k, v in metrics.items()}
+    row.update({f"pmdp/{k}": v for k, v in pm.items()})
+    return row
+
+
+def planned_action(planner: Planner, bar, obs: np.ndarray) -> np.ndarray:
+    """CEM-MPC's action (A,) numpy for one real state (S,) numpy; moves the episode's bar on."""
+    bar.update(1)
+    return planner.act(torch.as_tensor(obs, dtype=torch.float32)).cpu().numpy()
+
+
+def plan_in_pmdp(cfg, run: Run, ensemble, usad, dataset, env, returns, state: dict) -> dict:
     """MOReL's planning alternative: CEM-MPC (`planners.cem`) plans every real action in the
     P-MDP (`offline.morel.pmdp.PessimisticModel`: a candidate that enters HALT gets the HALT reward
     and nothing after it) from the env's current state; `cfg.eval_episodes` real episodes,
     continuing after the `returns` of a resumed run. metrics.jsonl gets one row per episode
     (step = episodes so far): eval/episode_return, pmdp/halt_fraction (HALT entries / live model
     steps over all candidates of that episode), time/episode_s; the last row adds eval/return,
-    eval/return_std and eval/normalized_score over all episodes. `checkpoint(iteration=...,
-    planned_returns=...)` saves after each episode."""
-    from wmrl.infra import progress
-
+    eval/return_std and eval/normalized_score over all episodes. After each episode the run
+    checkpoints `state` (`morel_state`) with iteration = episodes so far and planned_returns."""
     bound = symmetric_bound(dataset.action_space, f"dataset {dataset.dataset_id!r}")
     cem = dataclasses.replace(cfg.cem, action_low=-bound, action_high=bound)
     model = PessimisticModel(ensemble, usad["threshold"], cfg.halt_penalty, cfg.halt_reward)
@@ -467,15 +461,11 @@ def plan_in_pmdp(cfg, ensemble, usad, dataset, env, logger, returns, checkpoint)
         t0, episode = time.perf_counter(), len(returns)
         planner.reset()
         model.reset_counts()
-        bar = progress(limit, desc=f"cem episode {episode + 1}/{cfg.eval_episodes}", unit="step")
-
-        def act(obs, bar=bar):  # this episode's bar
-            bar.update(1)
-            return planner.act(torch.as_tensor(obs, dtype=torch.float32)).cpu().numpy()
-
-        # the starts of evaluate_policy: episode k resets with seed + 10_000 + k
-        total = float(episode_returns(env, act, 1, cfg.seed + 10_000 + episode)[0])
-        bar.close()
+        desc = f"cem episode {episode + 1}/{cfg.eval_episodes}"
+        with progress(limit, desc=desc, unit="step") as bar:
+            # the starts of evaluate_policy: episode k resets with seed + 10_000 + k
+            act = partial(planned_action, planner, bar)
+            total = float(episode_returns(env, act, 1, cfg.seed + 10_000 + episode)[0])
         returns.append(total)
         row = {
             "eval/episode_return": total,
@@ -483,12 +473,10 @@ def plan_in_pmdp(cfg, ensemble, usad, dataset, env, logger, returns, checkpoint)
             "time/episode_s": time.perf_counter() - t0,
         }
         if len(returns) == cfg.eval_episodes:
-            row["eval/return"] = float(np.mean(returns))
-            row["eval/return_std"] = float(np.std(returns))
-            if dataset.ref_min_score is not None and dataset.ref_max_score is not None:
-                row["eval/normalized_score"] = float(dataset.normalized_score(returns).mean())
-        logger.log(len(returns), row)
-        checkpoint(iteration=len(returns), planned_returns=returns)
+            row.update(score_row(returns, dataset))
+        run.log(len(returns), row)
+        run.checkpoint(state | {"iteration": len(returns), "planned_returns": returns})
+        run.advance(len(returns))
     return {
         "algo": "morel",
         "planner": "cem",
@@ -501,30 +489,30 @@ def plan_in_pmdp(cfg, ensemble, usad, dataset, env, logger, returns, checkpoint)
     }
 
 
-def fit_model(cfg: MOReLConfig, t: dict, device, run_dir, logger, progress):
+def log_epoch(log: Logger, bar, epoch: int, metrics: dict[str, float]) -> None:
+    """One ensemble epoch: model/<name> at step `epoch` of model/metrics.jsonl; the bar moves on."""
+    log.log(epoch, {f"model/{k}": v for k, v in metrics.items()})
+    bar.update(1)
+
+
+def fit_model(cfg: MOReLConfig, t: dict, device, run_dir) -> tuple[DynamicsEnsemble, dict, dict]:
     """Fit the ensemble on flat transitions `t` (steps 1-2 of the module docstring), logging its
-    epochs to run_dir/model/metrics.jsonl and the USAD statistics to `logger` at step 0.
+    epochs to run_dir/model/metrics.jsonl.
 
     Returns:
-        (ensemble in eval mode, usad): usad = {"threshold": float or None (no HALT), "max",
-        "mean", "std": statistics of the dataset's disc(s, a)}.
+        (ensemble in eval mode, usad, row): usad = {"threshold": float or None (no HALT), "max",
+        "mean", "std": statistics of the dataset's disc(s, a)}; row = the usad/ and model/
+        statistics for step 0 of metrics.jsonl.
     """
-    from wmrl.infra import Logger
-
     t0 = time.perf_counter()
-    bar = progress(cfg.ensemble.max_epochs, desc="ensemble", unit="epoch")
     model_dir = Path(run_dir) / "model"
     model_dir.mkdir(exist_ok=True)
-    with Logger(model_dir) as model_log:
-
-        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            model_log.log(epoch, {f"model/{k}": v for k, v in metrics.items()})
-            bar.update(1)
-
+    bar = progress(cfg.ensemble.max_epochs, desc="ensemble", unit="epoch")
+    with bar, Logger(model_dir) as model_log:
+        log = partial(log_epoch, model_log, bar)
         ensemble, history = train_ensemble(
-            t, cfg.ensemble, seed=cfg.seed, device=device, callback=log_epoch
+            t, cfg.ensemble, seed=cfg.seed, device=device, callback=log
         )
-    bar.close()
     disc = dataset_disagreement(ensemble, t["observations"], t["actions"])
     threshold = threshold_from(disc, cfg)
     stats = floats({"max": disc.max(), "mean": disc.mean(), "std": disc.std(correction=0)})
@@ -538,5 +526,4 @@ def fit_model(cfg: MOReLConfig, t: dict, device, run_dir, logger, progress):
     }
     if history["best_holdout"] is not None:
         row["model/best_holdout"] = float(np.mean(history["best_holdout"]))
-    logger.log(0, row)
-    return ensemble, {"threshold": threshold, **stats}
+    return ensemble, {"threshold": threshold, **stats}, row

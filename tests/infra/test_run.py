@@ -43,6 +43,16 @@ def test_mean_metrics_match_numpy_on_device_tensors_and_floats():
     assert tensors.mean() == {} and tensors.count == 0  # started over
 
 
+def test_a_metric_reported_every_other_update_is_the_mean_of_its_own_values():
+    metrics = MeanMetrics()
+    for i in range(6):  # a delayed actor loss: on odd updates only
+        row = {"critic": torch.tensor(float(i))}
+        if i % 2:
+            row["actor"] = torch.tensor(10.0 * i)
+        metrics.add(row)
+    assert metrics.mean() == {"critic": 2.5, "actor": 30.0}
+
+
 def test_mean_metrics_name_what_was_not_finite_and_the_fix():
     metrics = MeanMetrics()
     metrics.add({"loss": torch.tensor(1.0), "kl": torch.tensor(0.5)})
