@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import functools
 import inspect
 import json
@@ -235,8 +236,6 @@ def coerce(value, tp):
 
 
 def _closest(path: str, fields) -> str:
-    import difflib
-
     close = difflib.get_close_matches(path, list(fields), n=3, cutoff=0.5)
     return f"did you mean {', '.join(close)}?" if close else f"fields: {', '.join(fields)}"
 

@@ -116,7 +116,7 @@ class Logger:
         path = gif_dir / f"{name.replace('/', '_')}_{int(step):08d}.gif"
         atomic_write_bytes(path, data)
         if self._writer is not None:
-            from tensorboard.compat.proto.summary_pb2 import Summary
+            from tensorboard.compat.proto.summary_pb2 import Summary  # loaded with TensorBoard
 
             t, h, w, c = np.asarray(frames).shape
             image = Summary.Image(height=h, width=w, colorspace=3, encoded_image_string=data)
