@@ -22,8 +22,8 @@ import os
 # dm-control picks its OpenGL backend when first imported; headless machines need EGL.
 os.environ.setdefault("MUJOCO_GL", "egl")
 # Mesa's software renderer (llvmpipe) splits each frame across worker threads; for 64 x 64 frames
-# the hand-off costs more than the drawing, and rendering on the calling thread is about 1.5x
-# faster (scripts/benchmark.py). It must be set before the first GL context; GPU drivers ignore it.
+# the hand-off costs more than the drawing, and rendering on the calling thread is faster
+# (`scripts/benchmark.py --only render`). It must be set before the first GL context; GPU drivers ignore it.
 os.environ.setdefault("LP_NUM_THREADS", "0")
 
 import gymnasium as gym  # noqa: E402

@@ -64,7 +64,7 @@ class DreamerConfig:
     openloop_context: int = 5  # frames the model observes before predicting open loop
     openloop_horizon: int = 45  # frames predicted open loop from the real actions
     compile: bool = False  # torch.compile the per-step functions (filtering, imagination): for
-    # GPUs, where a step's many small kernels cost more than their math; a minute of compiling
+    # GPUs, where a step's many small kernels cost more than their math; compiling takes a while
     model: CategoricalRSSMConfig = field(default_factory=CategoricalRSSMConfig)
     ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)
 
@@ -74,7 +74,7 @@ PRESETS = {
     # danijar's dmc_proprio: state observations, the same model with MLP encoder and decoder,
     # and a longer prefill.
     "state": {"obs_type": "state", "prefill": 5000},
-    # About a minute on a 2-core CPU with pixels (cartpole at repeat 8: 125 policy steps per
+    # Every part once at tiny sizes, with pixels (cartpole at repeat 8: 125 policy steps per
     # episode): a prefill episode, a training episode, an evaluation and the open-loop GIF.
     "smoke": {
         "steps": 2000,
