@@ -23,7 +23,8 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 # Mesa's software renderer (llvmpipe) splits each frame across worker threads; for 64 x 64 frames
 # the hand-off costs more than the drawing, and rendering on the calling thread is faster
-# (`scripts/benchmark.py --only render`). It must be set before the first GL context; GPU drivers ignore it.
+# (`scripts/benchmark.py --only render`). It must be set before the first GL context; GPU
+# drivers ignore it.
 os.environ.setdefault("LP_NUM_THREADS", "0")
 
 import gymnasium as gym  # noqa: E402
