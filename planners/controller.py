@@ -19,6 +19,7 @@ CPU copies of the VAE and MDN-RNN from `spec` once; workers=0 evaluates in this 
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import pickle
 from dataclasses import dataclass, field
@@ -154,8 +155,18 @@ class ControllerSearch:
 
     @staticmethod
     def from_bytes(data: torch.Tensor) -> ControllerSearch:
-        """The search `state_bytes` saved. This unpickles: only for the run's own checkpoints."""
-        return pickle.loads(data.numpy().tobytes())
+        """The search `state_bytes` saved. This unpickles: only for the run's own checkpoints.
+        Searches saved before the packages installed as `wmrl` name `planners.controller`."""
+        return _Unpickler(io.BytesIO(data.numpy().tobytes())).load()
+
+
+class _Unpickler(pickle.Unpickler):
+    """Reads pickles whose classes name the toolkit's packages without the `wmrl.` prefix."""
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] in ("envs", "worldmodels", "planners", "offline", "infra"):
+            module = "wmrl." + module
+        return super().find_class(module, name)
 
 
 # -- rollouts ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ optima (a quadratic, a linear-policy problem), checkpointing the search, dream r
 done and reward heads, and parallel workers agreeing with in-process rollouts."""
 
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -95,6 +96,22 @@ def test_search_survives_a_checkpoint():
         search.tell(-np.sum(search.ask() ** 2, axis=1))
     restored = ControllerSearch.from_bytes(search.state_bytes())
     assert restored.generation == 3
+    np.testing.assert_array_equal(restored.ask(), search.ask())
+
+
+def test_a_search_saved_before_the_wmrl_namespace_still_loads(monkeypatch):
+    """Runs saved when the packages were top-level pickled planners.controller.ControllerSearch."""
+    cfg = ControllerConfig(population=6, sigma0=0.2)
+    search = ControllerSearch(5, cfg, seed=3)
+    search.tell(-np.sum(search.ask() ** 2, axis=1))
+    with monkeypatch.context() as m:  # pickle it as the old layout named it
+        m.setitem(sys.modules, "planners.controller", sys.modules[ControllerSearch.__module__])
+        m.setattr(ControllerSearch, "__module__", "planners.controller")
+        old = search.state_bytes()
+    assert b"planners.controller" in old.numpy().tobytes()
+    assert "planners.controller" not in sys.modules
+    restored = ControllerSearch.from_bytes(old)
+    assert type(restored) is ControllerSearch and restored.generation == 1
     np.testing.assert_array_equal(restored.ask(), search.ask())
 
 
