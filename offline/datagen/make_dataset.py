@@ -20,30 +20,33 @@ stored in every dataset, are the mean returns of `ref_episodes` episodes of the 
 final policy. A termination (gymnasium's `terminated`) and a truncation (the time limit, or the
 cut at `dataset_size` or at the medium step) are kept apart. Ids: <name>-<kind>-v<version>.
 
-The run directory holds config.json, metrics.jsonl and TensorBoard events (step = env steps:
-train/return and train/length per episode, SAC's losses averaged over `log_every` steps,
-eval/return per snapshot) and checkpoint.pt (SAC, the replay's episodes, the snapshots, and which
-datasets are written), from which `resume` continues the run.
+The SAC run is `online_sac.OnlineSAC`. The run directory holds config.json, metrics.jsonl and
+TensorBoard events (step = env steps: train/return and train/length per episode, SAC's losses
+averaged over `log_every` steps, eval/return and time/wall_s per snapshot) and checkpoint.pt (SAC,
+the replay's episodes, the snapshots, and which datasets are written), from which `resume`
+continues the run.
 """
 
 from __future__ import annotations
 
-import math
 import re
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import torch
+from minari.dataset.minari_dataset import parse_dataset_id
+from minari.storage.datasets_root_dir import get_dataset_path
+
+from wmrl import envs
 
 # Snapshots and reference scores: returns of episode i reset with seed + i (the same starts for
 # every snapshot); a module name, so that tests can count the calls.
 from wmrl.envs.rollout import episode_returns as evaluate
 from wmrl.envs.rollout import random_policy
-from wmrl.offline.common import TanhGaussianActor, TransitionBuffer, symmetric_bound
-from wmrl.offline.datagen.online_sac import SAC, SACConfig
+from wmrl.infra import Run, progress
+from wmrl.offline.common import TanhGaussianActor
+from wmrl.offline.datagen.online_sac import EpisodeRecorder, OnlineSAC, SACConfig, actor_policy
 
 KINDS = ("random", "medium", "medium-replay", "medium-expert", "expert")
 # Each generated dataset draws from its own seeds, so a resume regenerates the same data.
@@ -124,8 +127,6 @@ def dataset_ids(cfg: MakeDatasetConfig) -> dict[str, str]:
         env_name = toolkit_env_id(cfg.env).partition(":")[2]
         env_name = re.sub(r"-v\d+$", "", env_name).lower()
         prefix = f"{cfg.namespace}/{env_name}"
-    from minari.dataset.minari_dataset import parse_dataset_id
-
     ids = {kind: f"{prefix}-{kind}-v{cfg.version}" for kind in KINDS}
     for dataset_id in ids.values():
         try:
@@ -140,8 +141,6 @@ def dataset_ids(cfg: MakeDatasetConfig) -> dict[str, str]:
 
 def check_free(ids: list[str]) -> None:
     """Refuse ids that already exist, before hours of training rather than after."""
-    from minari.storage.datasets_root_dir import get_dataset_path
-
     root = get_dataset_path()
     taken = [i for i in ids if (root / i).exists()]
     if taken:
@@ -151,127 +150,11 @@ def check_free(ids: list[str]) -> None:
         )
 
 
-# -------------------------------------------------------------------------- episodes
-
-
-class EpisodeRecorder:
-    """Transitions as episodes in Minari's layout (`envs.replay.validate_episode`): observations
-    (T+1, S), actions (T, A), rewards, terminations, truncations (T,); the last episode may be
-    in progress (`reset` starts one, `step` adds a transition and closes it at its end)."""
-
-    def __init__(self):
-        self.episodes: list[dict[str, np.ndarray]] = []
-        self._open: dict[str, list] | None = None
-        self.total_steps = 0
-
-    def reset(self, obs) -> None:
-        self.cut()
-        self._open = {"observations": [np.asarray(obs)], "actions": [], "rewards": []}
-        self._open.update(terminations=[], truncations=[])
-
-    def step(self, action, reward, next_obs, terminated: bool, truncated: bool) -> None:
-        ep = self._open
-        ep["observations"].append(np.asarray(next_obs))
-        ep["actions"].append(np.asarray(action))
-        ep["rewards"].append(float(reward))
-        ep["terminations"].append(bool(terminated))
-        ep["truncations"].append(bool(truncated))
-        self.total_steps += 1
-        if terminated or truncated:
-            self._close()
-
-    def cut(self) -> None:
-        """End the episode in progress as truncated (a size limit, an interrupted run)."""
-        if self._open is not None and self._open["actions"]:
-            if not (self._open["terminations"][-1] or self._open["truncations"][-1]):
-                self._open["truncations"][-1] = True
-            self._close()
-        self._open = None
-
-    def _close(self) -> None:
-        self.episodes.append(self._arrays())
-        self._open = None
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        ep = self._open
-        return {
-            "observations": np.stack(ep["observations"]),
-            "actions": np.stack(ep["actions"]).astype(np.float32),
-            "rewards": np.asarray(ep["rewards"], np.float32),
-            "terminations": np.asarray(ep["terminations"], bool),
-            "truncations": np.asarray(ep["truncations"], bool),
-        }
-
-    def prefix(self, steps: int) -> list[dict[str, np.ndarray]]:
-        """The episodes holding the first `steps` transitions; the one cut there is truncated."""
-        out, left = [], steps
-        for ep in self.episodes:
-            if left == 0:
-                break
-            out.append(cut_episode(ep, left))
-            left -= len(out[-1]["actions"])
-        if left:
-            raise ValueError(f"asked for {steps} transitions of {self.total_steps} closed ones")
-        return out
-
-    def state_dict(self) -> dict:
-        """All episodes (the one in progress last, as `open`) concatenated, as tensors."""
-        eps = list(self.episodes)
-        is_open = self._open is not None and bool(self._open["actions"])
-        if is_open:
-            eps.append(self._arrays())
-        if not eps:
-            return {"lengths": torch.zeros(0, dtype=torch.long), "open": False}
-        cat = {k: torch.from_numpy(np.concatenate([ep[k] for ep in eps])) for k in eps[0]}
-        return {**cat, "lengths": torch.tensor([len(ep["actions"]) for ep in eps]), "open": is_open}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore the episodes; one in progress comes back closed as truncated (the env that
-        was running it is gone)."""
-        self.episodes, self._open, self.total_steps = [], None, 0
-        o = a = 0
-        for t in state["lengths"].tolist():
-            ep = {k: state[k][a : a + t].numpy() for k in ("actions", "rewards")}
-            ep.update({k: state[k][a : a + t].numpy() for k in ("terminations", "truncations")})
-            ep["observations"] = state["observations"][o : o + t + 1].numpy()
-            o, a = o + t + 1, a + t
-            self.episodes.append(ep)
-            self.total_steps += t
-        if state["open"]:
-            last = self.episodes[-1]
-            last["truncations"][-1] = not last["terminations"][-1]
-
-
-def cut_episode(ep: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
-    """The first `steps` transitions of an episode; a cut before its end is a truncation."""
-    if steps >= len(ep["actions"]):
-        return ep
-    out = {k: v[:steps] for k, v in ep.items() if k != "observations"}
-    out["observations"] = ep["observations"][: steps + 1]
-    out["truncations"] = out["truncations"].copy()
-    out["truncations"][-1] = not out["terminations"][-1]
-    return out
-
-
-# -------------------------------------------------------------------------- policies
-
-
-def actor_policy(actor: TanhGaussianActor, deterministic: bool, space: gym.spaces.Box):
-    """obs (S,) -> action (A,) in the space's dtype, sampled or the tanh of the mean."""
-    device = next(actor.parameters()).device
-
-    @torch.no_grad()
-    def policy(obs):
-        x = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-        return actor(x, deterministic)[0][0].cpu().numpy().astype(space.dtype)
-
-    return policy
+# -------------------------------------------------------------------------- datasets
 
 
 def rollout(env: gym.Env, policy, steps: int, seed: int, desc: str) -> list[dict]:
     """Episodes of `policy` holding exactly `steps` transitions (the last one cut)."""
-    from wmrl.infra import progress
-
     rec = EpisodeRecorder()
     obs, _ = env.reset(seed=seed)
     rec.reset(obs)
@@ -288,22 +171,74 @@ def rollout(env: gym.Env, policy, steps: int, seed: int, desc: str) -> list[dict
     return rec.episodes
 
 
-def replay_buffer(rec: EpisodeRecorder, capacity: int, obs_dim, action_dim, device):
-    """SAC's replay rebuilt from the recorded episodes: the last `capacity` transitions, in
-    order, so that the oldest is overwritten next, as in the buffer that was lost."""
-    from wmrl.envs import to_transitions
+def reference_scores(env: gym.Env, expert: TanhGaussianActor, cfg: MakeDatasetConfig) -> dict:
+    """ref_min_score and ref_max_score: the mean returns of `ref_episodes` episodes of uniform
+    random actions and of the final actor `expert` (sampled unless `eval_deterministic`), from
+    the same reset seeds."""
+    seed = cfg.seed + SEED_OFFSETS["ref"]
+    lo = evaluate(env, random_policy(env.action_space, seed), cfg.ref_episodes, seed).mean()
+    policy = actor_policy(expert, cfg.eval_deterministic, env.action_space)
+    hi = evaluate(env, policy, cfg.ref_episodes, seed).mean()
+    return {"ref_min_score": float(lo), "ref_max_score": float(hi)}
 
-    buf = TransitionBuffer(capacity, obs_dim, action_dim, device)
-    if rec.episodes:
-        t = {k: v[-capacity:] for k, v in to_transitions(rec.episodes).items()}
-        buf.add(
-            t["observations"], t["actions"], t["rewards"], t["next_observations"],
-            t["terminals"].astype(np.float32),
-        )  # fmt: skip
-    return buf
+
+def medium_snapshot(snapshots: list[dict], refs: dict, fraction: float, steps: int) -> dict:
+    """The snapshot whose return is closest to ref_min + fraction * (ref_max - ref_min), the
+    earliest of equals. Raises RuntimeError if the final policy (after `steps` env steps) does
+    not beat random: it cannot be the expert then."""
+    lo, hi = refs["ref_min_score"], refs["ref_max_score"]
+    if not hi > lo:
+        raise RuntimeError(
+            f"the final SAC policy (return {hi:.1f}) is no better than random ({lo:.1f}) "
+            f"after {steps} steps, so it cannot be the expert; resume with a larger --sac_steps"
+        )
+    target = lo + fraction * (hi - lo)
+    return min(snapshots, key=lambda s: (abs(s["return"] - target), s["step"]))
+
+
+class KindEpisodes:
+    """Each kind's episodes, made once (medium-expert reuses medium's and expert's): read back
+    where the dataset was written before an interruption (so that medium-expert repeats it
+    exactly), SAC's own episodes up to the medium step for medium-replay, else `dataset_size`
+    steps rolled out in `env` from the kind's own seed (random actions, or the medium or final
+    actor, sampled).
+
+        episodes = KindEpisodes(cfg, env, ids, written, online, medium, expert)
+        episodes("medium")   # -> [episode dict in Minari's layout, ...]
+    """
+
+    def __init__(self, cfg, env, ids: dict, written: dict, online: OnlineSAC, medium: dict,
+                 expert: TanhGaussianActor):  # fmt: skip
+        self.cfg, self.env, self.ids, self.written = cfg, env, ids, written
+        self.online, self.medium, self.expert = online, medium, expert
+        self.made: dict[str, list[dict]] = {}
+
+    def __call__(self, kind: str) -> list[dict]:
+        if kind not in self.made:
+            self.made[kind] = self._make(kind)
+        return self.made[kind]
+
+    def _make(self, kind: str) -> list[dict]:
+        if kind in self.written:
+            return envs.load_dataset(self.ids[kind]).episodes
+        if kind == "medium-replay":
+            return self.online.recorder.prefix(self.medium["step"])
+        if kind == "medium-expert":
+            return self("medium") + self("expert")
+        seed = self.cfg.seed + SEED_OFFSETS[kind]
+        torch.manual_seed(seed)
+        if kind == "random":
+            policy = random_policy(self.env.action_space, seed)
+        else:
+            # The medium actor is built after the seed: its initialisation (the weights are
+            # then loaded) draws from the generator that its rollout samples from.
+            actor = self.online.actor_at(self.medium) if kind == "medium" else self.expert
+            policy = actor_policy(actor, False, self.env.action_space)
+        return rollout(self.env, policy, self.cfg.dataset_size, seed, kind)
 
 
 def summarize(episodes: list[dict], dataset_id: str, lo: float, hi: float) -> dict:
+    """A written dataset's summary: id, transitions, episodes, mean_return, normalized_score."""
     returns = np.array([ep["rewards"].sum(dtype=np.float64) for ep in episodes])
     return {
         "id": dataset_id,
@@ -320,195 +255,51 @@ def summarize(episodes: list[dict], dataset_id: str, lo: float, hi: float) -> di
 def make_dataset(cfg: MakeDatasetConfig, resume: bool = False) -> dict:
     """Train SAC in `cfg.env` and write `cfg.kinds` as Minari datasets; with `resume`, continue
     the run in `cfg.logdir` (training, or the datasets still missing). Returns a summary:
-    env, sac_steps, ref_min_score, ref_max_score, medium_step, medium_return, and per kind
-    {id, transitions, episodes, mean_return, normalized_score}."""
-    from wmrl import envs
-    from wmrl.infra import (
-        Logger,
-        load_checkpoint,
-        prepare_run_dir,
-        progress,
-        resolve_device,
-        rng_state,
-        save_checkpoint,
-        save_config,
-        seed_everything,
-        set_rng_state,
-    )
-
+    env, sac_steps, ref_min_score, ref_max_score, medium_step, medium_return, per kind
+    {id, transitions, episodes, mean_return, normalized_score}, wall_s and run_dir."""
     env_id = toolkit_env_id(cfg.env)
     ids = dataset_ids(cfg)
     kinds = [k for k in KINDS if k in cfg.kinds]
-    env, eval_env = envs.make(env_id), envs.make(env_id)
-    obs_space = env.observation_space
-    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
-        raise ValueError(
-            f"env {env_id!r} has observations {obs_space}; SAC here needs flat vectors (S,) "
-            "(for dm-control: obs_type state)"
-        )
-    max_action = symmetric_bound(env.action_space, f"env {env_id!r}")
-    obs_dim, action_dim = obs_space.shape[0], env.action_space.shape[0]
-
-    run_dir = prepare_run_dir(cfg.logdir, resume)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    sac = SAC(obs_dim, action_dim, cfg.sac, max_action).to(device)
-    rec = EpisodeRecorder()
-    snapshots: list[dict] = []  # {"step", "return", "actor" (state dict on the CPU)}
-    written: dict[str, dict] = {}  # kind -> its summary, once on disk
-    step, refs = 0, None
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed)
-    meta = {"job": "make_dataset", "env": env_id, "hidden": cfg.sac.hidden}
-    meta["layers"] = cfg.sac.layers
-    ckpt_path = run_dir / "checkpoint.pt"
-    if resume:
-        state = load_checkpoint(ckpt_path, expect_meta=meta, map_location=device)
-        sac.load_state(state["sac"])
-        rec.load_state_dict(state["episodes"])
-        snapshots, written = state["snapshots"], state["written"]
-        step, refs = int(state["step"]), state["refs"]
-        gen.set_state(state["sampler"].cpu())
-        set_rng_state(state["rng"])
-        if step < cfg.sac_steps:
-            if written:
-                raise ValueError(
-                    f"{run_dir} already wrote {sorted(written)} from a SAC run of {step} steps; "
-                    f"a larger --sac_steps ({cfg.sac_steps}) would not match them. Start a new "
-                    "run in a new --logdir"
-                )
-            refs = None  # the expert changes with more training
-    check_free([ids[k] for k in kinds if k not in written] if not cfg.overwrite else [])
-    capacity = min(cfg.replay_size, cfg.sac_steps)
-    buffer = replay_buffer(rec, capacity, obs_dim, action_dim, device)
-    save_config(cfg, run_dir)
-
-    def checkpoint() -> None:
-        state = {
-            "sac": sac.save_state(),
-            "episodes": rec.state_dict(),
-            "snapshots": snapshots,
-            "written": written,
-            "step": step,
-            "refs": refs,
-            "sampler": gen.get_state(),
-            "rng": rng_state(),
-        }
-        save_checkpoint(ckpt_path, state, meta=meta)
-
-    logger = Logger(run_dir, resume_step=step if resume else None)
-    # A fresh env seed after a resume: the interrupted env's state cannot be restored.
-    obs, _ = env.reset(seed=cfg.seed + step)
-    env.action_space.seed(cfg.seed + step)
-    rec.reset(obs)
-    ep_return, ep_length = 0.0, 0
-    sums: dict[str, float] = {}
-    count, t0, steps0 = 0, time.perf_counter(), step
-    bar = progress(cfg.sac_steps, initial=step, desc="sac", unit="step")
-    try:
-        while step < cfg.sac_steps:
-            row = {}
-            acting = step >= cfg.start_steps
-            if acting:
-                x = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
-                action = sac.sample(x)[0].cpu().numpy().astype(env.action_space.dtype)
-            else:
-                action = env.action_space.sample()
-            next_obs, reward, terminated, truncated, _ = env.step(action)
-            buffer.add(obs, action, reward, next_obs, float(terminated))
-            if acting:  # one update per step that SAC acts
-                metrics = sac.update(buffer.sample(cfg.sac.batch_size, gen))
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-            rec.step(action, reward, next_obs, terminated, truncated)
-            step += 1
-            ep_return, ep_length = ep_return + float(reward), ep_length + 1
-            obs = next_obs
-            if terminated or truncated:
-                row.update({"train/return": ep_return, "train/length": ep_length})
-                bar.set_postfix(ret=f"{ep_return:.1f}")
-                obs, _ = env.reset()
-                rec.reset(obs)
-                ep_return, ep_length = 0.0, 0
-            if step % cfg.log_every == 0 or step == cfg.sac_steps:
-                bad = {k: v for k, v in sums.items() if not math.isfinite(v)}
-                if bad:
-                    raise FloatingPointError(
-                        f"SAC in {run_dir}: non-finite {bad} by env step {step}; resume from the "
-                        "last checkpoint with lower --sac.*_lr"
+    with Run(cfg, resume, desc="sac") as run:
+        env, eval_env = run.closing(envs.make(env_id)), run.closing(envs.make(env_id))
+        online = OnlineSAC(env, cfg, run.device, f"env {env_id!r}")
+        meta = {"job": "make_dataset", "env": env_id, "hidden": cfg.sac.hidden,
+                "layers": cfg.sac.layers}  # fmt: skip
+        state = run.restore(meta, write_config=False)
+        written: dict[str, dict] = {}  # kind -> its summary, once on disk
+        refs = None  # {"ref_min_score", "ref_max_score"} once measured
+        if state is not None:
+            online.load_state_dict(state)
+            written, refs = state["written"], state["refs"]
+            if online.step < cfg.sac_steps:
+                if written:
+                    raise ValueError(
+                        f"{run.dir} already wrote {sorted(written)} from a SAC run of "
+                        f"{online.step} steps; a larger --sac_steps ({cfg.sac_steps}) would not "
+                        "match them. Start a new run in a new --logdir"
                     )
-                row.update({f"train/{k}": v / count for k, v in sums.items()})
-                row["train/steps_per_s"] = (step - steps0) / (time.perf_counter() - t0)
-                sums, count, t0, steps0 = {}, 0, time.perf_counter(), step
-            if step % cfg.eval_every == 0 or step == cfg.sac_steps:
-                policy = actor_policy(sac.actor, cfg.eval_deterministic, env.action_space)
-                returns = evaluate(
-                    eval_env, policy, cfg.eval_episodes, cfg.seed + SEED_OFFSETS["eval"]
-                )
-                actor = {k: v.detach().cpu().clone() for k, v in sac.actor.state_dict().items()}
-                snapshots.append({"step": step, "return": float(returns.mean()), "actor": actor})
-                row.update({"eval/return": returns.mean(), "eval/return_std": returns.std()})
-                t0, steps0 = time.perf_counter(), step  # evaluation is not training speed
-            if row:
-                logger.log(step, row)
-            if step % cfg.checkpoint_every == 0 or step == cfg.sac_steps:
-                checkpoint()
-            bar.update(1)
-        bar.close()
-        rec.cut()
+                refs = None  # the expert changes with more training
+        check_free([ids[k] for k in kinds if k not in written] if not cfg.overwrite else [])
+        run.save_config()
 
-        def actor_from(snapshot: dict) -> TanhGaussianActor:
-            c = cfg.sac
-            actor = TanhGaussianActor(obs_dim, action_dim, c.hidden, c.layers, max_action)
-            actor.load_state_dict(snapshot["actor"])
-            return actor.to(device).eval()
+        run.begin(online.step, total=cfg.sac_steps)
+        eval_seed = cfg.seed + SEED_OFFSETS["eval"]
+        keep = {"written": written, "refs": refs}  # none yet while SAC trains
+        online.train(run, eval_env, eval_seed, keep, evaluate=evaluate)
+        run.bar.close()  # the datasets' rollouts show bars of their own
 
-        expert_actor = actor_from(snapshots[-1])
+        expert = online.actor_at(online.snapshots[-1])
         if refs is None:
-            ref_seed = cfg.seed + SEED_OFFSETS["ref"]
-            rand = random_policy(eval_env.action_space, ref_seed)
-            lo = evaluate(eval_env, rand, cfg.ref_episodes, ref_seed).mean()
-            expert = actor_policy(expert_actor, cfg.eval_deterministic, env.action_space)
-            hi = evaluate(eval_env, expert, cfg.ref_episodes, ref_seed).mean()
-            refs = {"ref_min_score": float(lo), "ref_max_score": float(hi)}
-            logger.log(step, {f"dataset/{k}": v for k, v in refs.items()})
-            checkpoint()
+            refs = reference_scores(eval_env, expert, cfg)
+            run.log(online.step, {f"dataset/{k}": v for k, v in refs.items()})
+            run.checkpoint({**online.state_dict(), "written": written, "refs": refs})
         lo, hi = refs["ref_min_score"], refs["ref_max_score"]
-        if not hi > lo:
-            raise RuntimeError(
-                f"the final SAC policy (return {hi:.1f}) is no better than random ({lo:.1f}) "
-                f"after {step} steps, so it cannot be the expert; resume with a larger --sac_steps"
-            )
-        target = lo + cfg.medium_fraction * (hi - lo)
-        medium = min(snapshots, key=lambda s: (abs(s["return"] - target), s["step"]))
-
-        cache: dict[str, list[dict]] = {}
-
-        def episodes_of(kind: str) -> list[dict]:
-            if kind in cache:
-                return cache[kind]
-            if kind in written:  # before an interruption; medium-expert repeats it exactly
-                cache[kind] = envs.load_dataset(ids[kind]).episodes
-            elif kind == "medium-replay":
-                cache[kind] = rec.prefix(medium["step"])
-            elif kind == "medium-expert":
-                cache[kind] = episodes_of("medium") + episodes_of("expert")
-            else:
-                seed = cfg.seed + SEED_OFFSETS[kind]
-                torch.manual_seed(seed)
-                if kind == "random":
-                    policy = random_policy(env.action_space, seed)
-                else:
-                    actor = actor_from(medium) if kind == "medium" else expert_actor
-                    policy = actor_policy(actor, False, env.action_space)
-                cache[kind] = rollout(env, policy, cfg.dataset_size, seed, kind)
-            return cache[kind]
-
+        medium = medium_snapshot(online.snapshots, refs, cfg.medium_fraction, online.step)
+        episodes = KindEpisodes(cfg, env, ids, written, online, medium, expert)
         for kind in kinds:
             if kind in written:
                 continue
-            eps = episodes_of(kind)
+            eps = episodes(kind)
             envs.write_dataset(
                 ids[kind],
                 eps,
@@ -520,24 +311,21 @@ def make_dataset(cfg: MakeDatasetConfig, resume: bool = False) -> dict:
                 overwrite=cfg.overwrite,
             )
             written[kind] = summarize(eps, ids[kind], lo, hi)
-            checkpoint()
-    finally:
-        bar.close()
-        logger.close()
-        env.close()
-        eval_env.close()
+            run.checkpoint({**online.state_dict(), "written": written, "refs": refs})
     return {
         "env": env_id,
-        "sac_steps": step,
+        "sac_steps": online.step,
         **refs,
         "medium_step": medium["step"],
         "medium_return": medium["return"],
         "datasets": {k: written[k] for k in kinds},
-        "run_dir": str(Path(run_dir)),
+        "wall_s": round(run.wall(), 1),
+        "run_dir": str(run.dir),
     }
 
 
 def _algorithm(kind: str, cfg: MakeDatasetConfig, medium: dict) -> str:
+    """The dataset's `algorithm_name`: which policy made it."""
     if kind == "random":
         return "uniform random actions"
     return {
@@ -549,6 +337,7 @@ def _algorithm(kind: str, cfg: MakeDatasetConfig, medium: dict) -> str:
 
 
 def _description(kind, env_id, cfg, medium, refs) -> str:
+    """The dataset's `description`: what it holds, and its reference scores."""
     what = {
         "random": f"{cfg.dataset_size} steps of uniform random actions",
         "medium": (

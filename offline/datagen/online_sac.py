@@ -13,21 +13,39 @@ targets: Q' <- (1 - tau) Q' + tau Q after every update
     sac.sample(obs)        # exploration, (B, S) -> (B, A)
     sac.act(obs)           # evaluation: max_action * tanh(mean)
     sac.update(batch)      # batch as in offline.common, dones = terminations only
+
+Online, in one env (`OnlineSAC`, the behaviour policies of `offline.datagen.make_dataset`): the
+first `start_steps` env steps take uniform random actions, every later one samples a ~ pi(.|s)
+and makes one update on a minibatch of the replay. Every transition is also kept as an episode
+in Minari's layout (`EpisodeRecorder`), and the actor is snapshotted (and scored) every
+`eval_every` env steps:
+
+    online = OnlineSAC(env, cfg, run.device, "env 'gym:Hopper-v5'")
+    online.train(run, eval_env, eval_seed, keep={})   # to cfg.sac_steps, with checkpoints
+    online.recorder.episodes, online.snapshots        # the data and the policies
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 
+import gymnasium as gym
+import numpy as np
 import torch
 
+from wmrl.envs.datasets import to_transitions
+from wmrl.envs.rollout import episode_returns
+from wmrl.infra import Every, MeanMetrics, Run
 from wmrl.offline.common import (
     EnsembleCritic,
     OfflineAlgorithm,
     TanhGaussianActor,
+    TransitionBuffer,
     floats,
     soft_update,
+    symmetric_bound,
 )
 
 
@@ -123,3 +141,269 @@ class SAC(OfflineAlgorithm):
     def sample(self, obs):
         """Stochastic actions (B, A) ~ pi(.|s) for states (B, S): exploration and data."""
         return self.actor(obs)[0]
+
+
+# -------------------------------------------------------------------------- episodes
+
+
+class EpisodeRecorder:
+    """Transitions as episodes in Minari's layout (`envs.replay.validate_episode`): observations
+    (T+1, S), actions (T, A), rewards, terminations, truncations (T,); the last episode may be
+    in progress (`reset` starts one, `step` adds a transition and closes it at its end)."""
+
+    def __init__(self):
+        self.episodes: list[dict[str, np.ndarray]] = []
+        self._open: dict[str, list] | None = None
+        self.total_steps = 0
+
+    def reset(self, obs) -> None:
+        self.cut()
+        self._open = {"observations": [np.asarray(obs)], "actions": [], "rewards": []}
+        self._open.update(terminations=[], truncations=[])
+
+    def step(self, action, reward, next_obs, terminated: bool, truncated: bool) -> None:
+        ep = self._open
+        ep["observations"].append(np.asarray(next_obs))
+        ep["actions"].append(np.asarray(action))
+        ep["rewards"].append(float(reward))
+        ep["terminations"].append(bool(terminated))
+        ep["truncations"].append(bool(truncated))
+        self.total_steps += 1
+        if terminated or truncated:
+            self._close()
+
+    def cut(self) -> None:
+        """End the episode in progress as truncated (a size limit, an interrupted run)."""
+        if self._open is not None and self._open["actions"]:
+            if not (self._open["terminations"][-1] or self._open["truncations"][-1]):
+                self._open["truncations"][-1] = True
+            self._close()
+        self._open = None
+
+    def _close(self) -> None:
+        self.episodes.append(self._arrays())
+        self._open = None
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        ep = self._open
+        return {
+            "observations": np.stack(ep["observations"]),
+            "actions": np.stack(ep["actions"]).astype(np.float32),
+            "rewards": np.asarray(ep["rewards"], np.float32),
+            "terminations": np.asarray(ep["terminations"], bool),
+            "truncations": np.asarray(ep["truncations"], bool),
+        }
+
+    def prefix(self, steps: int) -> list[dict[str, np.ndarray]]:
+        """The episodes holding the first `steps` transitions; the one cut there is truncated."""
+        out, left = [], steps
+        for ep in self.episodes:
+            if left == 0:
+                break
+            out.append(cut_episode(ep, left))
+            left -= len(out[-1]["actions"])
+        if left:
+            raise ValueError(f"asked for {steps} transitions of {self.total_steps} closed ones")
+        return out
+
+    def state_dict(self) -> dict:
+        """All episodes (the one in progress last, as `open`) concatenated, as tensors."""
+        eps = list(self.episodes)
+        is_open = self._open is not None and bool(self._open["actions"])
+        if is_open:
+            eps.append(self._arrays())
+        if not eps:
+            return {"lengths": torch.zeros(0, dtype=torch.long), "open": False}
+        cat = {k: torch.from_numpy(np.concatenate([ep[k] for ep in eps])) for k in eps[0]}
+        return {**cat, "lengths": torch.tensor([len(ep["actions"]) for ep in eps]), "open": is_open}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the episodes; one in progress comes back closed as truncated (the env that
+        was running it is gone)."""
+        self.episodes, self._open, self.total_steps = [], None, 0
+        o = a = 0
+        for t in state["lengths"].tolist():
+            ep = {k: state[k][a : a + t].numpy() for k in ("actions", "rewards")}
+            ep.update({k: state[k][a : a + t].numpy() for k in ("terminations", "truncations")})
+            ep["observations"] = state["observations"][o : o + t + 1].numpy()
+            o, a = o + t + 1, a + t
+            self.episodes.append(ep)
+            self.total_steps += t
+        if state["open"]:
+            last = self.episodes[-1]
+            last["truncations"][-1] = not last["terminations"][-1]
+
+
+def cut_episode(ep: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
+    """The first `steps` transitions of an episode; a cut before its end is a truncation."""
+    if steps >= len(ep["actions"]):
+        return ep
+    out = {k: v[:steps] for k, v in ep.items() if k != "observations"}
+    out["observations"] = ep["observations"][: steps + 1]
+    out["truncations"] = out["truncations"].copy()
+    out["truncations"][-1] = not out["terminations"][-1]
+    return out
+
+
+def replay_buffer(rec: EpisodeRecorder, capacity: int, obs_dim, action_dim, device):
+    """SAC's replay rebuilt from the recorded episodes: the last `capacity` transitions, in
+    order, so that the oldest is overwritten next, as in the buffer that was lost."""
+    buf = TransitionBuffer(capacity, obs_dim, action_dim, device)
+    if rec.episodes:
+        t = {k: v[-capacity:] for k, v in to_transitions(rec.episodes).items()}
+        buf.add(
+            t["observations"], t["actions"], t["rewards"], t["next_observations"],
+            t["terminals"].astype(np.float32),
+        )  # fmt: skip
+    return buf
+
+
+def actor_policy(actor: TanhGaussianActor, deterministic: bool, space: gym.spaces.Box):
+    """obs (S,) -> action (A,) in the space's dtype, sampled or the tanh of the mean."""
+    device = next(actor.parameters()).device
+
+    @torch.no_grad()
+    def policy(obs):
+        x = torch.as_tensor(obs, dtype=torch.float32, device=device)[None]
+        return actor(x, deterministic)[0][0].cpu().numpy().astype(space.dtype)
+
+    return policy
+
+
+# ---------------------------------------------------------------------------- online
+
+
+def train_row(metrics: MeanMetrics, steps: int, seconds: float, what: str) -> dict:
+    """train/<loss term>: each term's mean over the updates since the last row (none before
+    SAC acts), and train/steps_per_s over the `steps` env steps of those `seconds`. Raises
+    FloatingPointError naming `what` if a mean is not finite."""
+    means = metrics.mean(what, "resume from the last checkpoint with lower --sac.*_lr")
+    row = {f"train/{k}": v for k, v in means.items()}
+    row["train/steps_per_s"] = steps / seconds
+    return row
+
+
+class OnlineSAC:
+    """SAC acting and learning in one env, with what a resumed run needs (`state_dict`): the
+    agent, the sampler of its minibatches, every transition as episodes (`recorder`, from which
+    the replay is rebuilt), the actor's snapshots and the env step.
+
+    Args:
+        env: a gymnasium env with flat Box observations (S,) and actions in [-m, m].
+        cfg: the run's config (`make_dataset.MakeDatasetConfig`): `sac` (a SACConfig), seed,
+            sac_steps, start_steps, replay_size, log_every, eval_every, checkpoint_every,
+            eval_episodes and eval_deterministic.
+        device: where SAC and its replay live.
+        what: the env as error messages name it ("env 'gym:Hopper-v5'").
+    """
+
+    def __init__(self, env: gym.Env, cfg, device, what: str = "the env"):
+        space = env.observation_space
+        if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
+            raise ValueError(
+                f"{what} has observations {space}; SAC here needs flat vectors (S,) "
+                "(for dm-control: obs_type state)"
+            )
+        max_action = symmetric_bound(env.action_space, what)
+        self.env, self.cfg, self.device = env, cfg, device
+        self.sac = SAC(space.shape[0], env.action_space.shape[0], cfg.sac, max_action).to(device)
+        self.sampler = torch.Generator(device=device)
+        self.sampler.manual_seed(cfg.seed)
+        self.recorder = EpisodeRecorder()
+        self.snapshots: list[dict] = []  # {"step", "return", "actor" (state dict on the CPU)}
+        self.step = 0
+
+    def state_dict(self) -> dict:
+        """SAC (nets and optimisers), the recorded episodes, the snapshots, the env step and the
+        minibatch sampler's state: the checkpoint's entries besides the caller's own."""
+        return {
+            "sac": self.sac.save_state(),
+            "episodes": self.recorder.state_dict(),
+            "snapshots": self.snapshots,
+            "step": self.step,
+            "sampler": self.sampler.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sac.load_state(state["sac"])
+        self.recorder.load_state_dict(state["episodes"])
+        self.snapshots, self.step = state["snapshots"], int(state["step"])
+        self.sampler.set_state(state["sampler"].cpu())  # a generator state is a CPU tensor
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        """Action (A,) for state (S,): uniform random before `start_steps`, then a ~ pi(.|s)."""
+        if self.step < self.cfg.start_steps:
+            return self.env.action_space.sample()
+        x = torch.as_tensor(obs, dtype=torch.float32, device=self.device)[None]
+        return self.sac.sample(x)[0].cpu().numpy().astype(self.env.action_space.dtype)
+
+    def actor_at(self, snapshot: dict) -> TanhGaussianActor:
+        """The actor of a snapshot, on the device, in eval mode."""
+        sac, c = self.sac, self.cfg.sac
+        actor = TanhGaussianActor(sac.obs_dim, sac.action_dim, c.hidden, c.layers, sac.max_action)
+        actor.load_state_dict(snapshot["actor"])
+        return actor.to(self.device).eval()
+
+    def snapshot(self, eval_env: gym.Env, seed: int, evaluate=episode_returns) -> np.ndarray:
+        """Score the actor by `evaluate(eval_env, policy, cfg.eval_episodes, seed)` (returns
+        (episodes,)), keep a copy of it with its mean return, and return the returns."""
+        policy = actor_policy(self.sac.actor, self.cfg.eval_deterministic, self.env.action_space)
+        returns = evaluate(eval_env, policy, self.cfg.eval_episodes, seed)
+        actor = {k: v.detach().cpu().clone() for k, v in self.sac.actor.state_dict().items()}
+        self.snapshots.append({"step": self.step, "return": float(returns.mean()), "actor": actor})
+        return returns
+
+    def train(self, run: Run, eval_env: gym.Env, eval_seed: int, keep: dict,
+              evaluate=episode_returns) -> None:  # fmt: skip
+        """Act and learn from `self.step` to `cfg.sac_steps` env steps, one update per step
+        that SAC acts. Logs train/return and train/length per episode, the losses averaged over
+        `log_every` steps, and eval/return and time/wall_s at each snapshot (every `eval_every`
+        steps and at the end, scored by `snapshot`). Writes `{**state_dict(), **keep}` (`keep`:
+        the caller's own entries) every `checkpoint_every` steps and at the end. The episode
+        running at the end is cut (truncated)."""
+        cfg, env, rec = self.cfg, self.env, self.recorder
+        S, A = self.sac.obs_dim, self.sac.action_dim
+        replay = replay_buffer(rec, min(cfg.replay_size, cfg.sac_steps), S, A, self.device)
+        # A fresh env seed after a resume: the interrupted env's state cannot be restored.
+        obs, _ = env.reset(seed=cfg.seed + self.step)
+        env.action_space.seed(cfg.seed + self.step)
+        rec.reset(obs)
+        every_log = Every(cfg.log_every, start=self.step)
+        every_eval = Every(cfg.eval_every, start=self.step)
+        every_checkpoint = Every(cfg.checkpoint_every, start=self.step)
+        metrics, ep_return, ep_length = MeanMetrics(), 0.0, 0
+        t0, steps0 = time.perf_counter(), self.step
+        while self.step < cfg.sac_steps:
+            acting = self.step >= cfg.start_steps
+            action = self.act(obs)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            replay.add(obs, action, reward, next_obs, float(terminated))
+            if acting:  # one update per step that SAC acts
+                metrics.add(self.sac.update(replay.sample(cfg.sac.batch_size, self.sampler)))
+            rec.step(action, reward, next_obs, terminated, truncated)
+            self.step += 1
+            step, end, row, postfix = self.step, self.step == cfg.sac_steps, {}, {}
+            ep_return, ep_length = ep_return + float(reward), ep_length + 1
+            obs = next_obs
+            if terminated or truncated:
+                row.update({"train/return": ep_return, "train/length": ep_length})
+                postfix["ret"] = f"{ep_return:.1f}"
+                obs, _ = env.reset()
+                rec.reset(obs)
+                ep_return, ep_length = 0.0, 0
+            # Each counter is called on every step (before `or end`), so none skips a period.
+            if every_log(step) or end:
+                what = f"SAC in {run.dir} by env step {step}"
+                row.update(train_row(metrics, step - steps0, time.perf_counter() - t0, what))
+                t0, steps0 = time.perf_counter(), step
+            if every_eval(step) or end:
+                returns = self.snapshot(eval_env, eval_seed, evaluate)
+                row.update({"eval/return": returns.mean(), "eval/return_std": returns.std()})
+                row["time/wall_s"] = run.wall()
+                t0, steps0 = time.perf_counter(), step  # evaluation is not training speed
+            if row:
+                run.log(step, row)
+            if every_checkpoint(step) or end:
+                run.checkpoint({**self.state_dict(), **keep})
+            run.advance(step, **postfix)
+        rec.cut()
