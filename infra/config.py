@@ -317,7 +317,7 @@ def parse_config(
     parser = build_parser(cls, presets, description)
     args = vars(parser.parse_args(argv))
     resume = bool(args.pop("resume", False))
-    preset = args.pop("preset", None)
+    preset = args.pop("preset", None) if presets else None  # else a field named preset
     # A list flag (nargs="+") arrives as a list of strings; join it for parse_value.
     flags = {k: " ".join(v) if isinstance(v, list) else v for k, v in args.items()}
     try:

@@ -157,3 +157,14 @@ def test_help_lists_every_field_with_its_default(capsys):
     assert "[3.0]" in out and "[[64, 64]]" in out and "deterministic GRU state [200]" in out
     # list flags name their items' type
     assert "--layers INT [INT ...]" in out and "--size INT [INT ...]" in out
+
+
+@dataclass
+class Grid:
+    preset: str = "default"  # a field of its own, as compare_offline's preset for every run
+    seeds: str = "0,1,2"
+
+
+def test_a_field_named_preset_is_a_plain_flag_when_the_config_has_no_presets():
+    cfg, _ = parse_config(Grid, argv=["--preset", "smoke", "--seeds", "0"])
+    assert cfg == Grid(preset="smoke", seeds="0")
