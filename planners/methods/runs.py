@@ -80,7 +80,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     if job not in RUN_LOADERS:
         raise ValueError(
             f"{run_dir} was written by job {job!r}, which has no loader; known jobs: "
-            f"{sorted(RUN_LOADERS)} (add one to planners.methods.runs.RUN_LOADERS)"
+            f"{sorted(RUN_LOADERS)} and morel (a job without a world model has nothing to "
+            "render; a new method adds its loader to planners.methods.runs.RUN_LOADERS)"
         )
     module, _, name = RUN_LOADERS[job].partition(":")
     loader = getattr(importlib.import_module(module), name)
