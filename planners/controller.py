@@ -24,7 +24,6 @@ import multiprocessing
 import pickle
 from dataclasses import dataclass, field
 
-import cma
 import numpy as np
 import torch
 
@@ -114,6 +113,8 @@ class ControllerSearch:
     """
 
     def __init__(self, dim: int, cfg: ControllerConfig, seed: int = 0, x0=None):
+        import cma  # with scipy and matplotlib: loaded when a search starts, not with planners
+
         x0 = np.zeros(dim) if x0 is None else np.asarray(x0, float)
         opts = {"popsize": cfg.population, "seed": int(seed) + 1, "verbose": -9}
         self.es = cma.CMAEvolutionStrategy(x0, cfg.sigma0, opts)
