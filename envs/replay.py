@@ -31,8 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from wmrl.infra.runtime import rng_state
-
 KEYS = ("observations", "actions", "rewards", "terminations", "truncations")
 _FILE = re.compile(r"^(\d{8,})-(\d+)\.npz$")
 
@@ -443,6 +441,6 @@ def open_replay(run_dir: Path, capacity: int, seed: int, state: dict | None = No
 
 
 def replay_checkpoint(replay, rng: np.random.Generator) -> dict:
-    """What `open_replay` needs back from a checkpoint, plus every RNG's state ("rng")."""
-    return {"replay_episodes": replay.total_episodes, "numpy_rng": rng.bit_generator.state,
-            "rng": rng_state()}  # fmt: skip
+    """What `open_replay` needs back from a checkpoint: how many episodes the replay had
+    committed and the run's NumPy generator (the other RNGs are `infra.run.Run.checkpoint`'s)."""
+    return {"replay_episodes": replay.total_episodes, "numpy_rng": rng.bit_generator.state}

@@ -3,6 +3,8 @@ offline <- scripts with infra under all, no import cycle between modules, nothin
 scripts, and no two modules share a name."""
 
 import ast
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -95,3 +97,11 @@ def test_no_two_modules_share_a_name():
     names = Counter(name.rpartition(".")[2] for name, path in modules().items()
                     if path.stem != "__init__")  # fmt: skip
     assert [n for n, c in names.items() if c > 1] == []
+
+
+def test_envs_import_without_torch():
+    """Each worker of an asynchronous vector env imports `wmrl.envs` to build its env; torch
+    there would add its whole import time to every worker's start."""
+    code = "import sys, wmrl.envs, wmrl.envs.rollout; assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
