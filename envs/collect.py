@@ -170,9 +170,10 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
                 step += stats.length
                 run.log(step, {"collect/return": stats.ret, "collect/length": stats.length})
             done = replay.total_episodes
-            if every_checkpoint(done) or done >= cfg.episodes:
+            if every_checkpoint(done) or done >= cfg.episodes or run.stopping:
                 run.checkpoint({"episodes": done, "returns": returns})
             run.advance(done)
+            run.stop_point()
     summary = {
         "episodes": done,
         "steps": replay.total_steps,

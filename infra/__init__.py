@@ -23,7 +23,7 @@ from wmrl.infra.config import (
 )
 from wmrl.infra.logger import Logger, encode_gif, progress, read_metrics
 from wmrl.infra.metrics import MeanMetrics, check_finite, metric_floats, settle_metrics
-from wmrl.infra.run import Every, Run, run_main
+from wmrl.infra.run import Every, Run, RunStopped, run_main
 from wmrl.infra.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "Every",
     "MeanMetrics",
     "Run",
+    "RunStopped",
     "ConfigError",
     "Logger",
     "apply_overrides",

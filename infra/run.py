@@ -23,6 +23,9 @@ counters, replay position) is what it passes to `checkpoint` and reads back from
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -56,10 +59,25 @@ class Every:
         return max(due, 0)
 
 
+class RunStopped(Exception):
+    """A run stopped on SIGINT or SIGTERM at a point where its loop had saved what it needs to
+    continue (`Run.stop_point`); the message says how to continue it."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
 class Run:
     """One training run. Construction makes (or, on resume, finds) the run directory, seeds every
     generator with `cfg.seed` and picks the device; `restore`, `begin`, `log`, `checkpoint` and
     `advance` are the rest of the life of a run. Use it as a context manager.
+
+    Inside the context, SIGINT (Ctrl-C) and SIGTERM (what a cluster scheduler sends before it
+    kills) do not stop the process at once: they set `stopping`, the loop saves its checkpoint
+    at its next consistent point (`if ... or run.stopping: run.checkpoint(...)`) and calls
+    `stop_point()`, which raises `RunStopped` with a one-line resume hint. A second Ctrl-C stops
+    at once.
 
     Args:
         cfg: the run's config dataclass: `logdir`, `seed` and, where the job uses one, `device`.
@@ -78,6 +96,9 @@ class Run:
         self.bar = None
         self._closing: list = []
         self._wall0, self._start = 0.0, time.perf_counter()
+        self.stop_signal: int | None = None
+        self._saved_since_stop = False
+        self._handlers: dict = {}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -137,6 +158,32 @@ class Run:
         `path` defaults to the run's checkpoint.pt."""
         full = {**state, "rng": rng_state(), "wall_s": self.wall()}
         _save(self.checkpoint_path if path is None else path, full, meta=self.meta)
+        self._saved_since_stop = self.stop_signal is not None
+
+    @property
+    def stopping(self) -> bool:
+        """A SIGINT or SIGTERM asked the run to stop: save a checkpoint, then `stop_point()`."""
+        return self.stop_signal is not None
+
+    def stop_point(self) -> None:
+        """Where a loop may stop: raises `RunStopped` if a signal asked it to (after the loop
+        saved its checkpoint), else returns."""
+        if self.stop_signal is None:
+            return
+        name = signal.Signals(self.stop_signal).name
+        kept = "saved a checkpoint" if self._saved_since_stop else "kept the last checkpoint"
+        raise RunStopped(
+            self.stop_signal,
+            f"stopped on {name}: {kept} in {self.dir}; continue with the same command and "
+            f"--resume (--logdir {self.dir})",
+        )
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        self.stop_signal = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after the next checkpoint "
+              "(Ctrl-C again to stop at once)", file=sys.stderr)  # fmt: skip
 
     def closing(self, *things):
         """Close `things` (envs, vector envs) when the run ends; returns the first."""
@@ -153,9 +200,15 @@ class Run:
         self._closing.clear()
 
     def __enter__(self) -> Run:
+        if threading.current_thread() is threading.main_thread():  # signals reach only it
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._handlers[signum] = signal.signal(signum, self._on_signal)
         return self
 
     def __exit__(self, *exc) -> None:
+        for signum, handler in self._handlers.items():
+            signal.signal(signum, handler)
+        self._handlers.clear()
         self.close()
 
 
@@ -167,6 +220,10 @@ def run_main(train, cls, presets=None, description=None, argv=None, show=None):
         show: summary -> the text printed (default: `key=value` pairs on one line).
     """
     cfg, resume = parse_config(cls, presets, argv=argv, description=description)
-    summary = train(cfg, resume=resume)
+    try:
+        summary = train(cfg, resume=resume)
+    except RunStopped as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(128 + exc.signum)  # the shell's code for a process ended by that signal
     print(show(summary) if show else " ".join(f"{k}={v}" for k, v in summary.items()))
     return summary

@@ -209,7 +209,7 @@ def train_offline(cfg: OfflineConfig, resume: bool = False) -> dict:
             if row:
                 run.log(step, row)
                 last.update(row)
-            if every_checkpoint(step) or end:
+            if every_checkpoint(step) or end or run.stopping:
                 run.checkpoint({
                     "algo": algo.save_state(),
                     "normalizer": normalizer.state_dict(),
@@ -218,6 +218,7 @@ def train_offline(cfg: OfflineConfig, resume: bool = False) -> dict:
                     "sampler": sampler.get_state(),
                     "best_normalized_score": best,
                 })  # fmt: skip
+            run.stop_point()
     return {
         "algo": cfg.algo,
         "dataset": dataset.dataset_id,

@@ -312,6 +312,7 @@ def make_dataset(cfg: MakeDatasetConfig, resume: bool = False) -> dict:
             )
             written[kind] = summarize(eps, ids[kind], lo, hi)
             run.checkpoint({**online.state_dict(), "written": written, "refs": refs})
+            run.stop_point()
     return {
         "env": env_id,
         "sac_steps": online.step,

@@ -403,7 +403,8 @@ class OnlineSAC:
                 t0, steps0 = time.perf_counter(), step  # evaluation is not training speed
             if row:
                 run.log(step, row)
-            if every_checkpoint(step) or end:
+            if every_checkpoint(step) or end or run.stopping:
                 run.checkpoint({**self.state_dict(), **keep})
             run.advance(step, **postfix)
+            run.stop_point()
         rec.cut()

@@ -343,8 +343,9 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
             run.log(iteration, row)
             last.update(row)
             run.advance(iteration)
-            if every_checkpoint(iteration) or end:
+            if every_checkpoint(iteration) or end or run.stopping:
                 run.checkpoint(morel_state(ensemble, usad, npg, iteration, best))
+            run.stop_point()
     return {
         "algo": "morel",
         "dataset": dataset.dataset_id,
@@ -477,6 +478,7 @@ def plan_in_pmdp(cfg, run: Run, ensemble, usad, dataset, env, returns, state: di
         run.log(len(returns), row)
         run.checkpoint(state | {"iteration": len(returns), "planned_returns": returns})
         run.advance(len(returns))
+        run.stop_point()
     return {
         "algo": "morel",
         "planner": "cem",

@@ -334,6 +334,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             explore, returns = random_policy(vec.action_space, rng=rng), []
             while replay.total_steps < cfg.prefill:
                 returns += [e.ret for e in collector.run(explore, episodes=1)]
+                if run.stopping:  # the prefill continues from the saved episodes
+                    save(run, learner, done, replay, rng, repeat)
+                    run.stop_point()
             run.log(replay.total_steps * repeat, {"prefill/return": float(np.mean(returns))})
             run.advance(replay.total_steps * repeat)
         if not done.pretrained:
@@ -341,6 +344,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             learner.metrics.mean("the pretraining updates", FIX_NONFINITE)
             done.pretrained = True
             save(run, learner, done, replay, rng, repeat)
+            run.stop_point()
 
         # Policy step k (counted over all envs from the replay's committed steps on) is followed
         # by train_steps updates when k % train_every == 0 (danijar's Every).
@@ -355,6 +359,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             learner.train(replay, due)
             meter.add(collector.steps - before, due)
             if not finished:
+                if run.stopping:  # mid-episode: the weights are saved, the unfinished episode not
+                    save(run, learner, done, replay, rng, repeat)
+                    run.stop_point()
                 continue
             step = replay.total_steps * repeat
             done.episodes += len(finished)
@@ -370,10 +377,11 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             run.log(step, row)
             if (cfg.gif_every and done.episodes % cfg.gif_every < len(finished)) or end:
                 openloop_gif(run, model, replay, cfg, step)
-            if since_checkpoint >= cfg.checkpoint_every or end:
+            if since_checkpoint >= cfg.checkpoint_every or end or run.stopping:
                 save(run, learner, done, replay, rng, repeat)
                 since_checkpoint = 0
             run.advance(step, ret=f"{train_return:.1f}", updates=int(ac.updates))
+            run.stop_point()
 
         if done.episodes == 0 and done.last_eval < replay.total_steps:
             # The prefill's whole episodes used the budget (several envs, a small --steps):

@@ -140,9 +140,10 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
                 frames = openloop_frames(model, rows["obs"], rows["action"],
                                          cfg.openloop_context, cfg.openloop_horizon)  # fmt: skip
                 run.video(step, "openloop", frames)
-            if every_checkpoint(done) or end:
+            if every_checkpoint(done) or end or run.stopping:
                 save(run, learner, replay, rng, repeat, done, eval_return)
             run.advance(done, ret=f"{train_return:.1f}", step=step)
+            run.stop_point()
     return {
         "episodes": done,
         "replay_episodes": replay.total_episodes,

@@ -287,6 +287,7 @@ def collect(cfg: WorldModelsConfig, run: Run, replay: EpisodeReplay) -> list[flo
                     returns.append(stats.ret)
                     run.log(step, {"collect/return": stats.ret, "collect/length": stats.length})
                 run.advance(replay.total_episodes)
+                run.stop_point()  # the finished episodes are on disk already
     finally:
         vec.close()
     return returns
@@ -356,9 +357,10 @@ def stage_vae(cfg: WorldModelsConfig, run: Run) -> dict:
             if every_log(step) or step == total:
                 means = metrics.mean(f"a VAE update before update {step}", FIX_VAE)
                 run.log(step, {f"vae/{k}": v for k, v in means.items()})
-            if every_checkpoint(step):
+            if every_checkpoint(step) or run.stopping:
                 run.checkpoint(vae_state(vae, optimizer, step), path)
             run.advance(step, loss=f"{last['loss']:.1f}")
+            run.stop_point()
     run.checkpoint(vae_state(vae, optimizer, step), path)
     vae.eval()
     run.video(step, "vae/recon", vae_recon(vae, run.dir, cfg.gif_frames, run.device))
@@ -505,9 +507,10 @@ def stage_mdnrnn(cfg: WorldModelsConfig, run: Run) -> dict:
             if every_log(step) or step == total:
                 means = metrics.mean(f"an MDN-RNN update before update {step}", FIX_MDNRNN)
                 run.log(step, {f"mdnrnn/{k}": v for k, v in means.items()})
-            if every_checkpoint(step):
+            if every_checkpoint(step) or run.stopping:
                 run.checkpoint(mdnrnn_state(model, optimizer, step, rng), path)
             run.advance(step, loss=f"{last['loss']:.3f}")
+            run.stop_point()
     run.checkpoint(mdnrnn_state(model, optimizer, step, rng), path)
     model.eval()
     run.video(step, "mdnrnn/dream_openloop", dream_openloop(cfg, run.dir, run.device))
@@ -608,9 +611,10 @@ def stage_controller(cfg: WorldModelsConfig, run: Run) -> dict:
                 eval_return = evaluate(cfg, search.mean, evaluator, real_spec)
                 row["eval/return"] = eval_return
             run.log(g, row)
-            if every_checkpoint(g) or g == c.generations:
+            if every_checkpoint(g) or g == c.generations or run.stopping:
                 run.checkpoint(controller_state(search, eval_return), path)
             run.advance(g, ret=f"{stats['return_mean']:.1f}")
+            run.stop_point()
     run.checkpoint(controller_state(search, eval_return), path)
     controller_gifs(cfg, run, spec, search)
     return {"generations": search.generation, "eval_return": eval_return,

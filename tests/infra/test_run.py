@@ -3,14 +3,16 @@ its non-finite check, and a Run's checkpoint, restore (RNGs, wall clock, meta) a
 
 import json
 import math
+import os
 import random
+import signal
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
-from wmrl.infra import CheckpointError, Every, MeanMetrics, Run, read_metrics
+from wmrl.infra import CheckpointError, Every, MeanMetrics, Run, RunStopped, read_metrics, run_main
 
 
 @pytest.mark.parametrize("period", [1, 3, 5])
@@ -63,7 +65,7 @@ def test_mean_metrics_name_what_was_not_finite_and_the_fix():
 
 @dataclass
 class Cfg:
-    logdir: str
+    logdir: str = "runs/test"
     seed: int = 3
     device: str = "cpu"
     steps: int = 10
@@ -100,3 +102,37 @@ def test_a_new_run_refuses_a_directory_that_holds_one(tmp_path):
         run.restore({"job": "test"})
     with pytest.raises(FileExistsError, match="--resume"):
         Run(cfg)
+
+
+def test_sigterm_lets_the_loop_checkpoint_then_stops_with_a_resume_hint(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    cfg = Cfg(str(tmp_path / "run"))
+    with pytest.raises(RunStopped, match=r"stopped on SIGTERM: saved a checkpoint .*--resume"):
+        with Run(cfg) as run:
+            run.restore({"job": "test"})
+            for step in range(1, 100):
+                if step == 3:
+                    os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler would
+                if run.stopping:
+                    run.checkpoint({"step": step})
+                run.stop_point()
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    with Run(Cfg(cfg.logdir), resume=True) as run:
+        assert run.restore({"job": "test"})["step"] == 3
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    with pytest.raises(KeyboardInterrupt), Run(Cfg(str(tmp_path / "run"))) as run:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert run.stopping
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_script_stopped_by_a_signal_prints_one_line_and_exits_with_its_code(capsys):
+    def stopped(cfg, resume):
+        raise RunStopped(signal.SIGTERM, "stopped on SIGTERM: saved a checkpoint in X")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(stopped, Cfg, argv=["--logdir", "x"])
+    assert exit_.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "stopped on SIGTERM: saved a checkpoint in X\n"

@@ -1,8 +1,10 @@
 """The command-line entry points: --help everywhere, and collect.py end to end with resume."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +86,26 @@ def test_benchmark_counts_the_operators_that_run_kernels():
     assert dispatched_ops(lambda: (a @ b).relu().sum()) == 3
     assert dispatched_ops(lambda: a.t().reshape(16)) == 1  # not contiguous: a copy
     assert dispatched_ops(lambda: [a + b for _ in range(5)]) == 5
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_the_main_job_with_a_checkpoint_and_one_line(tmp_path, signum):
+    """Ctrl-C, or a scheduler's SIGTERM, on train_dreamer.py: the loop saves and the process ends
+    with the signal's exit code and one line that says how to continue; then it continues."""
+    logdir = tmp_path / "run"
+    script = str(ROOT / "scripts" / "train_dreamer.py")
+    argv = [sys.executable, script, "--preset", "smoke", "--env", "dmc:cartpole-swingup",
+            "--obs-type", "state", "--logdir", str(logdir)]  # fmt: skip
+    proc = subprocess.Popen([*argv, "--steps", "1000000"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (logdir / "checkpoint.pt").exists():  # the first: after prefill and pretraining
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(f"stopped on {signal.Signals(signum).name}")
+    resumed = subprocess.run([*argv, "--resume", "--steps", "2000"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "env_steps=2000" in resumed.stdout

@@ -3,6 +3,8 @@ with the same replay, load_run, the script's --help and the update the benchmark
 
 import dataclasses
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +15,12 @@ import pytest
 import torch
 
 from wmrl.envs.replay import EpisodeReplay
-from wmrl.infra import CheckpointError, load_checkpoint, read_metrics
+from wmrl.infra import CheckpointError, RunStopped, load_checkpoint, read_metrics
 from wmrl.planners.actor_critic import ActorCriticConfig
 from wmrl.planners.methods.dreamer import (
     PRESETS,
     DreamerConfig,
+    DreamerPolicy,
     load_run,
     make_update,
     random_batch,
@@ -324,3 +327,26 @@ def test_the_bf16_update_keeps_float32_weights_and_matches_full_precision(obs_sh
     assert all(s.dtype == torch.float32 for st in optimizer.state.values() for s in st.values()
                if s.is_floating_point() and s.dim() > 0)  # fmt: skip
     assert m_bf16 == pytest.approx(m_full, rel=2e-2, abs=2e-3)
+
+
+def test_ctrl_c_mid_episode_saves_a_checkpoint_that_resumes(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    act, calls = DreamerPolicy.act, []
+
+    def act_then_interrupt(self, obs, is_first, sample=True):
+        calls.append(1)
+        if len(calls) == 20:  # the 20th policy step of the first training episode
+            os.kill(os.getpid(), signal.SIGINT)
+        return act(self, obs, is_first, sample)
+
+    monkeypatch.setattr(DreamerPolicy, "act", act_then_interrupt)
+    with pytest.raises(RunStopped, match="stopped on SIGINT: saved a checkpoint"):
+        train_dreamer(tiny(run))
+    state = load_checkpoint(run / "checkpoint.pt")
+    # stopped at policy step 145 (the prefill's 125 + 20), before the first update of the
+    # episode (at 150): the pretraining's 2 updates are saved, the unfinished episode is not
+    assert state["pretrained"] and state["episodes"] == 0 and state["env_steps"] == 1000
+    assert int(state["actor_critic"]["updates"]) == 2
+    monkeypatch.setattr(DreamerPolicy, "act", act)
+    summary = train_dreamer(tiny(run), resume=True)
+    assert summary["episodes"] == 1 and summary["env_steps"] == 2000
