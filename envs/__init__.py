@@ -3,7 +3,7 @@
 make("dmc:cartpole-swingup")                 pixels (64, 64, 3) uint8, action repeat 8
 make("dmc:walker-walk", obs_type="state")    flat proprioceptive vector
 make("gym:Hopper-v5"), make("gym:CarRacing-v3")
-gymnasium.make("dmc/cartpole-swingup-v0")    the same envs, registered on `import envs`
+gymnasium.make("dmc/cartpole-swingup-v0")    the same envs, registered on `import wmrl.envs`
 """
 
 from wmrl.envs.datasets import (

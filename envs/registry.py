@@ -17,7 +17,7 @@ import numpy as np
 from wmrl.envs.dmc import DOMAIN_ALIASES, import_suite
 from wmrl.envs.wrappers import ActionRepeat, PixelObservation, ResizeImage, is_image_space
 
-# dm_control.suite.ALL_TASKS (dm-control 1.0.50), listed here so that `import envs` registers the
+# dm_control.suite.ALL_TASKS (dm-control 1.0.50), listed here so that `import wmrl.envs` registers the
 # gymnasium ids without importing dm-control (and OpenGL); tests check it against the suite.
 DMC_TASKS = (
     ("acrobot", "swingup"), ("acrobot", "swingup_sparse"), ("ball_in_cup", "catch"),
@@ -62,7 +62,7 @@ def register_dmc(domain: str, task: str) -> str:
 
 
 def register_all() -> None:
-    """Register every suite task as `dmc/<domain>-<task>-v0`; runs on `import envs`."""
+    """Register every suite task as `dmc/<domain>-<task>-v0`; runs on `import wmrl.envs`."""
     for domain, task in DMC_TASKS:
         register_dmc(domain, task)
 

@@ -177,7 +177,7 @@ def test_unknown_env_ids_are_named(env_id, expected):
     ],
 )
 def test_missing_gl_backend_names_the_fix(variables):
-    code = "import envs; envs.make('dmc:cartpole-swingup').reset()"
+    code = "from wmrl import envs; envs.make('dmc:cartpole-swingup').reset()"
     env = {**os.environ, **variables}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode != 0
