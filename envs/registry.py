@@ -17,8 +17,8 @@ import numpy as np
 from wmrl.envs.dmc import DOMAIN_ALIASES, import_suite
 from wmrl.envs.wrappers import ActionRepeat, PixelObservation, ResizeImage, is_image_space
 
-# dm_control.suite.ALL_TASKS (dm-control 1.0.50), listed here so that `import wmrl.envs` registers the
-# gymnasium ids without importing dm-control (and OpenGL); tests check it against the suite.
+# dm_control.suite.ALL_TASKS (dm-control 1.0.50), listed here so that `import wmrl.envs` registers
+# the gymnasium ids without importing dm-control (and OpenGL); tests check it against the suite.
 DMC_TASKS = (
     ("acrobot", "swingup"), ("acrobot", "swingup_sparse"), ("ball_in_cup", "catch"),
     ("cartpole", "balance"), ("cartpole", "balance_sparse"), ("cartpole", "swingup"),
