@@ -23,7 +23,7 @@ from wmrl.infra.config import (
 )
 from wmrl.infra.logger import Logger, encode_gif, progress, read_metrics
 from wmrl.infra.metrics import MeanMetrics, check_finite, metric_floats, settle_metrics
-from wmrl.infra.run import Every, Run, RunStopped, run_main
+from wmrl.infra.run import Every, Run, RunStopped, command, run_main
 from wmrl.infra.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "check_finite",
+    "command",
     "encode_gif",
     "load_checkpoint",
     "load_config",

@@ -262,9 +262,17 @@ def field_comments(cls: type, prefix: str = "") -> dict[str, str]:
     return found
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (the usage of a config with a hundred flags would
+    bury the message): `<prog>: error: <message> (see --help)`, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser(cls: type, presets: Mapping[str, Mapping] | None, description: str | None):
     """An argparse parser with `--preset`, `--resume` and one flag per leaf field."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,  # only what the user typed reaches the namespace

@@ -23,6 +23,7 @@ counters, replay position) is what it passes to `checkpoint` and reads back from
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -227,3 +228,23 @@ def run_main(train, cls, presets=None, description=None, argv=None, show=None):
         sys.exit(128 + exc.signum)  # the shell's code for a process ended by that signal
     print(show(summary) if show else " ".join(f"{k}={v}" for k, v in summary.items()))
     return summary
+
+
+# Errors a user can act on (bad input, a missing or foreign run, a non-finite loss): a command
+# prints their message, which names the fix, as one line.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+
+
+def command(main, argv=None):
+    """Run a script's `main(argv)` as a command: an error a user can act on (the classes of
+    `USER_ERRORS`, or any error class the toolkit defines) ends the process with one line,
+    `<script>: error: <message>`, and exit code 2 (1 for a non-finite loss), no traceback;
+    `WMRL_TRACEBACK=1` shows the traceback instead. Returns what `main` returns."""
+    try:
+        return main(argv)
+    except Exception as exc:
+        ours = type(exc).__module__.startswith("wmrl.")
+        if not (isinstance(exc, USER_ERRORS) or ours) or os.environ.get("WMRL_TRACEBACK"):
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr)
+        sys.exit(1 if isinstance(exc, FloatingPointError) else 2)

@@ -30,6 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from wmrl import envs
 from wmrl.envs.replay import EpisodeReplay
+from wmrl.infra import command
 from wmrl.offline.morel.pmdp import PessimisticMDP
 from wmrl.offline.morel.train import MemberModel
 from wmrl.offline.trainer import ALGORITHMS, OfflineConfig
@@ -437,4 +438,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

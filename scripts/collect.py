@@ -7,7 +7,7 @@
 """
 
 from wmrl.envs.collect import COLLECT_PRESETS, CollectConfig, run_collect
-from wmrl.infra import run_main
+from wmrl.infra import command, run_main
 
 
 def main(argv=None):
@@ -15,4 +15,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

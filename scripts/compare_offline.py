@@ -9,7 +9,7 @@ mean ± std over seeds, of the last and the best evaluation; steps; wall time) a
 (learning curves); --out defaults to <logdir>/comparison.
 """
 
-from wmrl.infra import parse_config
+from wmrl.infra import command, parse_config
 from wmrl.offline.compare import CompareConfig, compare_offline, markdown
 
 
@@ -21,4 +21,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

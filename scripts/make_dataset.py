@@ -15,7 +15,7 @@ minari.load_dataset(id). The run directory gets config.json, checkpoint.pt, metr
 
 import json
 
-from wmrl.infra import run_main
+from wmrl.infra import command, run_main
 from wmrl.offline.datagen.make_dataset import PRESETS, MakeDatasetConfig, make_dataset
 
 
@@ -31,4 +31,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from wmrl.envs import make
-from wmrl.envs.replay import ReplayFileError, read_episode
-from wmrl.infra import CheckpointError, atomic_write_bytes, encode_gif, resolve_device
+from wmrl.envs.replay import read_episode
+from wmrl.infra import atomic_write_bytes, command, encode_gif, resolve_device
 from wmrl.offline.morel.gif import morel_run_frames
 from wmrl.planners.methods.runs import episode_rows, load_run, run_job
 
@@ -97,7 +97,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (CheckpointError, ReplayFileError, FileNotFoundError, IndexError, ValueError) as exc:
-        sys.exit(f"render_gif: {exc}")  # one line that says what to fix; no traceback
+    command(main)

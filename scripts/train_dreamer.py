@@ -12,7 +12,7 @@ events, replay/ (one npz per episode) and, for pixels, gifs/openloop_*.gif (trut
 |error|).
 """
 
-from wmrl.infra import run_main
+from wmrl.infra import command, run_main
 from wmrl.planners.methods.dreamer import PRESETS, DreamerConfig, train_dreamer
 
 
@@ -21,4 +21,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -21,7 +21,7 @@ metrics.jsonl has one row per real episode (eval/episode_return, pmdp/halt_fract
 imagined candidate step) and the means after the last; --resume continues the episodes.
 """
 
-from wmrl.infra import run_main
+from wmrl.infra import command, run_main
 from wmrl.offline.morel.train import PRESETS, MOReLConfig, train_morel
 
 
@@ -30,4 +30,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -13,7 +13,7 @@ The run directory gets config.json, checkpoint.pt, metrics.jsonl (step = gradien
 eval/return, eval/normalized_score) and TensorBoard events.
 """
 
-from wmrl.infra import run_main
+from wmrl.infra import command, run_main
 from wmrl.offline.trainer import PRESETS, OfflineConfig, train_offline
 
 
@@ -22,4 +22,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -10,7 +10,7 @@ The run directory gets config.json, checkpoint.pt, metrics.jsonl (step = env ste
 events, replay/ (one npz per episode) and gifs/openloop_*.gif (truth / model / |error|).
 """
 
-from wmrl.infra import run_main
+from wmrl.infra import command, run_main
 from wmrl.planners.methods.planet import PRESETS, PlaNetConfig, train_planet
 
 
@@ -19,4 +19,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

@@ -16,7 +16,7 @@ metrics.jsonl, TensorBoard events and gifs/ (vae_recon: real | VAE; mdnrnn_dream
 dream / |error|; controller_real, controller_dream).
 """
 
-from wmrl.infra import run_main
+from wmrl.infra import command, run_main
 from wmrl.planners.methods.world_models import PRESETS, WorldModelsConfig, train_worldmodels
 
 
@@ -25,4 +25,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)

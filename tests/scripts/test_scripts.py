@@ -1,6 +1,7 @@
 """The command-line entry points: --help everywhere, and collect.py end to end with resume."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -109,3 +110,23 @@ def test_a_signal_ends_the_main_job_with_a_checkpoint_and_one_line(tmp_path, sig
     resumed = subprocess.run([*argv, "--resume", "--steps", "2000"], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "env_steps=2000" in resumed.stdout
+
+
+def test_bad_input_ends_a_script_with_one_line_and_no_traceback(tmp_path):
+    script = str(ROOT / "scripts" / "train_dreamer.py")
+    argv = [sys.executable, script, "--env", "dmc:nope-nope", "--logdir", str(tmp_path / "a")]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "train_dreamer.py: error: unknown dm-control task 'dmc:nope-nope': ids look like "
+        "dmc:<domain>-<task>, e.g. dmc:cartpole-swingup. All tasks: envs.registry.DMC_TASKS."
+    ]
+    # the directory of a run that never started does not block the next one
+    assert not (tmp_path / "a" / "config.json").exists()
+    shown = subprocess.run(argv, capture_output=True, text=True, env={**os.environ,
+                           "WMRL_TRACEBACK": "1"})  # fmt: skip
+    assert "Traceback" in shown.stderr and "UnknownEnvError" in shown.stderr
+    flags = subprocess.run([sys.executable, script, "--steps", "abc"], capture_output=True,
+                           text=True)  # fmt: skip
+    assert flags.returncode == 2 and len(flags.stderr.splitlines()) == 1
+    assert "field 'steps' (int): expected an integer, got 'abc'" in flags.stderr
