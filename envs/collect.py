@@ -144,7 +144,8 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
             "--dataset-id needs --ref-max-score (an expert's return, for normalised scores)"
         )
     with Run(cfg, resume, desc="collect") as run:
-        state = run.restore({"job": "collect", "env": cfg.env})
+        meta = {"job": "collect", "env": cfg.env}
+        state = run.restore(meta, budget=(cfg.episodes, "--episodes", "episodes"))
         if state is None:
             replay, returns = EpisodeReplay(cfg.capacity, directory=run.dir / "replay"), []
         else:

@@ -105,15 +105,30 @@ class Run:
     def checkpoint_path(self) -> Path:
         return self.dir / CHECKPOINT_FILE
 
-    def restore(self, meta: Mapping[str, Any], write_config: bool = True) -> dict | None:
+    def restore(
+        self, meta: Mapping[str, Any], write_config: bool = True, budget: tuple | None = None
+    ) -> dict | None:
         """The checkpoint's state on resume (its meta must match `meta`; tensors on the run's
         device; RNGs and wall clock put back), None for a new run. Then, unless told otherwise,
         writes the config: on resume too, since a larger budget is the run's config from now on
-        (it is written only after the checkpoint has been accepted)."""
+        (it is written only after the checkpoint has been accepted).
+
+        Args:
+            budget: (the budget, its flag, the state key of the run's position), e.g.
+                (cfg.steps, "--steps", "env_steps"): a resume whose budget is below the
+                position the checkpoint reached is refused (ValueError) before anything is
+                written, rather than rewriting config.json and training nothing.
+        """
         self.meta = dict(meta)
         state = None
         if self.resume:
             state = load_checkpoint(self.checkpoint_path, self.meta, map_location=self.device)
+            if budget is not None and int(state[budget[2]]) > budget[0]:
+                value, flag, key = budget
+                raise ValueError(
+                    f"{self.dir} is at {key.replace('_', ' ')} {int(state[key])}, past "
+                    f"{flag} {value}: give a larger {flag} to continue it (nothing was changed)"
+                )
             if "rng" in state:
                 set_rng_state(state["rng"])
             self._wall0 = float(state.get("wall_s", 0.0))

@@ -176,7 +176,8 @@ def train_offline(cfg: OfflineConfig, resume: bool = False) -> dict:
         algo, normalizer, buffer, scale = build(cfg, dataset, run.device)
         sampler = torch.Generator(device=run.device)
         sampler.manual_seed(cfg.seed)
-        state = run.restore({"job": "offline", "algo": cfg.algo, "dataset": dataset.dataset_id})
+        meta = {"job": "offline", "algo": cfg.algo, "dataset": dataset.dataset_id}
+        state = run.restore(meta, budget=(cfg.steps, "--steps", "step"))
         step, best = 0, None
         if state is not None:
             algo.load_state(state["algo"])

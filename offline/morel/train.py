@@ -294,7 +294,8 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
         # weights (overwritten by the checkpoint's) do not draw from the restored streams.
         ensemble = DynamicsEnsemble(S, A, cfg.ensemble).to(run.device) if resume else None
         meta = {"job": "morel", "dataset": dataset.dataset_id, "obs_dim": S, "action_dim": A}
-        state = run.restore(meta)
+        budget = (cfg.eval_episodes, "--eval-episodes") if cem else (cfg.iterations, "--iterations")
+        state = run.restore(meta, budget=(*budget, "iteration"))
         if state is None:
             ensemble, usad, fit_row = fit_model(cfg, t, run.device, run.dir)
             rows = [fit_row]

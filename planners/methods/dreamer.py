@@ -310,7 +310,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         model, ac, env = build(cfg, run.device)
         run.closing(env)
         repeat, learner = env_action_repeat(env), Learner(model, ac, cfg, run.device)
-        state = run.restore(meta(cfg, model))
+        state = run.restore(meta(cfg, model), budget=(cfg.steps, "--steps", "env_steps"))
         if state is not None:
             learner.load_state_dict(state)
         done = Progress.from_state(state)

@@ -94,7 +94,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
         run.closing(env)
         repeat, action_dim = env_action_repeat(env), int(np.prod(env.action_space.shape))
         learner = Learner(model, cfg, run.device)
-        state = run.restore(meta(cfg, model))
+        state = run.restore(meta(cfg, model), budget=(cfg.episodes, "--episodes", "episodes"))
         done, eval_return = 0, None
         if state is not None:
             learner.load_state_dict(state)

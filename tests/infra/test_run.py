@@ -136,3 +136,19 @@ def test_a_script_stopped_by_a_signal_prints_one_line_and_exits_with_its_code(ca
         run_main(stopped, Cfg, argv=["--logdir", "x"])
     assert exit_.value.code == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "stopped on SIGTERM: saved a checkpoint in X\n"
+
+
+def test_a_resume_with_a_budget_below_the_run_is_refused_and_changes_nothing(tmp_path):
+    cfg = Cfg(str(tmp_path / "run"), steps=10)
+    with Run(cfg) as run:
+        run.restore({"job": "test"})
+        run.checkpoint({"step": 10})
+    with pytest.raises(ValueError, match=r"at step 10, past --steps 5: give a larger --steps"):
+        Run(Cfg(cfg.logdir, steps=5), resume=True).restore(
+            {"job": "test"}, budget=(5, "--steps", "step")
+        )
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 10
+    state = Run(Cfg(cfg.logdir, steps=10), resume=True).restore(
+        {"job": "test"}, budget=(10, "--steps", "step")
+    )
+    assert state["step"] == 10  # the same budget: a finished run, nothing to refuse
