@@ -19,6 +19,7 @@ from wmrl.envs.registry import env_options, make, make_vector
 from wmrl.envs.replay import EpisodeReplay
 from wmrl.envs.rollout import random_policy
 from wmrl.infra import Every, Run
+from wmrl.infra.config import at_least
 
 Policy = Callable[[np.ndarray], np.ndarray]  # observations (N, ...) -> actions (N, A)
 
@@ -128,6 +129,9 @@ class CollectConfig:
     dataset_id: str | None = None  # export the episodes as this Minari dataset at the end
     ref_min_score: float | None = None  # none: the mean return of the random episodes
     ref_max_score: float | None = None  # an expert's return; required with dataset_id
+
+    def __post_init__(self):
+        at_least(self, 1, "episodes", "num_envs", "capacity", "checkpoint_every")
 
 
 COLLECT_PRESETS = {"default": {}, "smoke": {"episodes": 4, "num_envs": 2, "checkpoint_every": 2}}

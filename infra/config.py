@@ -101,6 +101,15 @@ def apply_overrides(cfg: C, overrides: Mapping[str, Any], source: str = "overrid
         raise ConfigError(f"{source}: invalid config after setting {changed}: {exc}") from exc
 
 
+def at_least(cfg, minimum: int, *names: str) -> None:
+    """Raise ValueError naming each field of `names` below `minimum`: for a config's budgets and
+    sizes in its `__post_init__`, where a bad value would otherwise be a silent no-op (a
+    negative budget) or a crash minutes into a run (a batch of 0)."""
+    bad = [f"{n} = {getattr(cfg, n)}" for n in names if getattr(cfg, n) < minimum]
+    if bad:
+        raise ValueError(f"{', '.join(bad)}: must be at least {minimum}")
+
+
 def _build(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
     """Construct `cls` (nested dataclasses included) from dotted-path leaf values."""
     hints = typing.get_type_hints(cls)

@@ -16,6 +16,7 @@ eval/return_std and, for datasets with reference scores, eval/normalized_score (
 from __future__ import annotations
 
 import time
+import typing
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -27,6 +28,7 @@ import torch
 from wmrl.envs.datasets import load_dataset
 from wmrl.envs.rollout import episode_returns, eval_env
 from wmrl.infra import Every, MeanMetrics, Run
+from wmrl.infra.config import at_least
 from wmrl.offline.awac import AWAC, AWACConfig
 from wmrl.offline.bc import BC, BCConfig
 from wmrl.offline.common import (
@@ -79,6 +81,12 @@ class OfflineConfig:
     rebrac: ReBRACConfig = field(default_factory=ReBRACConfig)
     sacn: SACNConfig = field(default_factory=SACNConfig)
     edac: EDACConfig = field(default_factory=EDACConfig)
+
+    def __post_init__(self):
+        at_least(self, 1, "steps", "eval_every", "log_every", "checkpoint_every")
+        at_least(self, 0, "eval_episodes")
+        for algo in typing.get_args(AlgoName):  # each algorithm's batch
+            at_least(getattr(self, algo), 1, "batch_size")
 
 
 def _smoke() -> dict:

@@ -27,7 +27,7 @@ from wmrl.envs.registry import env_options, make, make_vector
 from wmrl.envs.replay import open_replay, replay_checkpoint
 from wmrl.envs.rollout import env_action_repeat, random_policy, run_episode
 from wmrl.infra.checkpoint import load_checkpoint
-from wmrl.infra.config import load_config
+from wmrl.infra.config import at_least, load_config
 from wmrl.infra.metrics import MeanMetrics
 from wmrl.infra.run import Every, Run
 from wmrl.planners.actor_critic import ActorCritic, ActorCriticConfig
@@ -67,6 +67,11 @@ class DreamerConfig:
     # GPUs, where a step's many small kernels cost more than their math; compiling takes a while
     model: CategoricalRSSMConfig = field(default_factory=CategoricalRSSMConfig)
     ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+
+    def __post_init__(self):
+        at_least(self, 1, "steps", "num_envs", "train_every", "train_steps", "batch_size",
+                 "batch_length", "eval_every", "checkpoint_every", "capacity")  # fmt: skip
+        at_least(self, 0, "prefill", "pretrain", "eval_episodes", "gif_every")
 
 
 PRESETS = {

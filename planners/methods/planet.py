@@ -23,6 +23,7 @@ from wmrl.envs.registry import env_options, make
 from wmrl.envs.replay import open_replay, replay_checkpoint
 from wmrl.envs.rollout import env_action_repeat, random_policy, run_episode
 from wmrl.infra import CHECKPOINT_FILE, Every, MeanMetrics, Run, load_checkpoint, load_config
+from wmrl.infra.config import at_least
 from wmrl.planners.cem import CEMConfig, Planner
 from wmrl.planners.methods.runs import LoadedRun, openloop_frames
 from wmrl.worldmodels.nets import make_optimizer
@@ -53,6 +54,11 @@ class PlaNetConfig:
     openloop_horizon: int = 45  # frames predicted open loop from the real actions
     model: RSSMConfig = field(default_factory=RSSMConfig)  # the world model
     cem: CEMConfig = field(default_factory=CEMConfig)  # the planner
+
+    def __post_init__(self):
+        at_least(self, 1, "episodes", "batch_size", "chunk_length", "eval_every",
+                 "checkpoint_every", "capacity")  # fmt: skip
+        at_least(self, 0, "seed_episodes", "train_steps", "eval_episodes", "gif_every")
 
 
 PRESETS = {

@@ -49,6 +49,7 @@ from wmrl.infra import (
     seed_everything,
     set_rng_state,
 )
+from wmrl.infra.config import at_least
 from wmrl.planners.controller import (
     ControllerConfig,
     ControllerSearch,
@@ -93,6 +94,7 @@ class WorldModelsConfig:
     controller: ControllerConfig = field(default_factory=ControllerConfig)
 
     def __post_init__(self):
+        at_least(self, 1, "rollouts", "num_envs", "encode_batch", "checkpoint_every", "log_every")
         if self.collect_policy not in ("uniform", "brownian"):
             raise ValueError(f"collect_policy must be uniform or brownian, got "
                              f"{self.collect_policy!r}")  # fmt: skip

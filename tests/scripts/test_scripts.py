@@ -130,3 +130,30 @@ def test_bad_input_ends_a_script_with_one_line_and_no_traceback(tmp_path):
                            text=True)  # fmt: skip
     assert flags.returncode == 2 and len(flags.stderr.splitlines()) == 1
     assert "field 'steps' (int): expected an integer, got 'abc'" in flags.stderr
+
+
+@pytest.mark.parametrize(
+    "script, flags, named",
+    [
+        ("train_dreamer", ["--steps", "-5"], "steps = -5"),
+        ("train_dreamer", ["--batch-size", "0"], "batch_size = 0"),
+        ("train_planet", ["--episodes", "0"], "episodes = 0"),
+        ("train_offline", ["--iql.batch-size", "0"], "batch_size = 0"),
+        ("train_offline", ["--steps", "-5"], "steps = -5"),
+        ("collect", ["--num-envs", "0"], "num_envs = 0"),
+        ("train_worldmodels", ["--rollouts", "0"], "rollouts = 0"),
+    ],
+)
+def test_budgets_and_sizes_below_one_are_refused_before_the_run_starts(
+    script, flags, named, tmp_path, capsys
+):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        main = __import__(script).main
+    finally:
+        sys.path.pop(0)
+    with pytest.raises(SystemExit) as exit_:
+        main([*flags, "--logdir", str(tmp_path / "run")])
+    assert exit_.value.code == 2
+    assert f"{named}: must be at least" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
