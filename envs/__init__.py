@@ -9,6 +9,7 @@ gymnasium.make("dmc/cartpole-swingup-v0")    the same envs, registered on `impor
 from wmrl.envs.datasets import (
     DatasetMismatchError,
     DatasetNotFoundError,
+    DatasetValueError,
     OfflineDataset,
     export_replay,
     load_dataset,
@@ -24,6 +25,7 @@ __all__ = [
     "DMCEnv",
     "DatasetMismatchError",
     "DatasetNotFoundError",
+    "DatasetValueError",
     "OfflineDataset",
     "RenderBackendError",
     "UnknownEnvError",

@@ -49,6 +49,11 @@ class DatasetNotFoundError(FileNotFoundError):
     """No dataset under that id or path; the message lists close local ids and how to fix it."""
 
 
+class DatasetValueError(ValueError):
+    """A dataset whose values cannot be learned from (NaN or infinite observations, actions or
+    rewards); the message counts them and says where the first is."""
+
+
 class DatasetMismatchError(ValueError):
     """A dataset's (or an episode's) spaces differ from an environment's."""
 
@@ -230,8 +235,23 @@ class OfflineDataset:
         return normalized_score(returns, self.ref_min_score, self.ref_max_score)
 
     def transitions(self) -> dict[str, np.ndarray]:
-        """Flat transitions of all episodes, see `to_transitions`."""
-        return to_transitions(self.episodes)
+        """Flat transitions of all episodes, see `to_transitions`. Raises `DatasetValueError` if
+        an observation, action or reward is NaN or infinite: data no learning rate can fix."""
+        t = to_transitions(self.episodes)
+        bad = {
+            k: ~np.isfinite(t[k]).reshape(len(t[k]), -1).all(1)
+            for k in ("observations", "next_observations", "actions", "rewards")
+            if np.issubdtype(t[k].dtype, np.floating)
+        }
+        rows = np.logical_or.reduce(list(bad.values()))
+        if rows.any():
+            counts = ", ".join(f"{k} {int(v.sum())}" for k, v in bad.items() if v.any())
+            raise DatasetValueError(
+                f"dataset {self.dataset_id!r}: {int(rows.sum())} of {len(rows)} transitions hold "
+                f"NaN or infinite values ({counts}; the first is transition "
+                f"{int(np.argmax(rows))}); fix or drop those episodes and write the dataset again"
+            )
+        return t
 
     def recover_environment(self, **kwargs) -> gym.Env:
         """The environment the dataset was recorded in, rebuilt from its EnvSpec.

@@ -18,6 +18,7 @@ from wmrl import envs
 from wmrl.envs.datasets import (
     DatasetMismatchError,
     DatasetNotFoundError,
+    DatasetValueError,
     OfflineDataset,
     UnsupportedDatasetError,
     export_replay,
@@ -271,6 +272,19 @@ def test_to_transitions_matches_hand_computation():
         to_transitions([])
     with pytest.raises(ValueError, match="observation shape"):
         to_transitions([a, handmade(eid=3, T=2, terminated=False, obs_dim=4)])
+
+
+def test_non_finite_values_are_refused_at_load_with_where_they_are(root):
+    eps = [handmade(0, 20, False), handmade(1, 30, True)]
+    eps[0]["observations"][5, 1] = np.nan  # observation of transition 5, next of transition 4
+    eps[1]["rewards"][[3, 4]] = np.inf  # transitions 23 and 24
+    write_dataset("wmrl/pendulum-nan-v0", eps, envs.make("gym:Pendulum-v1"), PENDULUM_MIN,
+                  PENDULUM_MAX, algorithm_name="random", description="test")  # fmt: skip
+    ds = load_dataset("wmrl/pendulum-nan-v0")
+    expected = (r"4 of 50 transitions hold NaN or infinite values \(observations 1, "
+                r"next_observations 1, rewards 2; the first is transition 4\)")  # fmt: skip
+    with pytest.raises(DatasetValueError, match=expected):
+        ds.transitions()
 
 
 def test_normalized_score_d4rl_scale_vs_minari_fraction(root):
