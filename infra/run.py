@@ -34,7 +34,7 @@ from typing import Any
 
 from wmrl.infra.checkpoint import CHECKPOINT_FILE, load_checkpoint, prepare_run_dir
 from wmrl.infra.checkpoint import save_checkpoint as _save
-from wmrl.infra.config import parse_config, save_config
+from wmrl.infra.config import CONFIG_FILE, parse_config, save_config
 from wmrl.infra.logger import Logger, progress
 from wmrl.infra.runtime import resolve_device, rng_state, seed_everything, set_rng_state
 
@@ -121,6 +121,16 @@ class Run:
         """
         self.meta = dict(meta)
         state = None
+        if self.resume and not self.checkpoint_path.exists() and not any(self.dir.glob("*.pt")):
+            # It stopped before its first checkpoint (a crash, or a kill): nothing to continue
+            # from, so it starts again here, keeping what it had written aside.
+            aside = self._set_aside()
+            print(
+                f"{self.dir} has no checkpoint yet (the run stopped before its first): "
+                f"starting it again; what it had written is in {aside}",
+                file=sys.stderr,
+            )
+            self.resume = False
         if self.resume:
             state = load_checkpoint(self.checkpoint_path, self.meta, map_location=self.device)
             if budget is not None and int(state[budget[2]]) > budget[0]:
@@ -136,6 +146,18 @@ class Run:
         if write_config:
             self.save_config()
         return state
+
+    def _set_aside(self) -> Path:
+        """Move everything in the run directory but its config into a new `unfinished-<k>`."""
+        k = 1
+        while (self.dir / f"unfinished-{k}").exists():
+            k += 1
+        aside = self.dir / f"unfinished-{k}"
+        aside.mkdir()
+        for entry in list(self.dir.iterdir()):
+            if entry.name != CONFIG_FILE and not entry.name.startswith("unfinished-"):
+                entry.rename(aside / entry.name)
+        return aside
 
     def save_config(self) -> None:
         save_config(self.cfg, self.dir)

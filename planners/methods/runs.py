@@ -68,6 +68,11 @@ def run_job(run_dir: str | Path) -> str:
         job = read_meta(path).get("job")
         if job:
             return str(job)
+    if not paths and (run_dir / "config.json").exists():
+        raise CheckpointError(
+            f"{run_dir} stopped before its first checkpoint, so it has no model to render yet; "
+            "continue the run with --resume (it starts again), then render it"
+        )
     raise CheckpointError(
         f"no checkpoint naming its job in {run_dir} (looked at {[p.name for p in paths]}); "
         "point --run at a run directory written by one of the training scripts"

@@ -152,3 +152,23 @@ def test_a_resume_with_a_budget_below_the_run_is_refused_and_changes_nothing(tmp
         {"job": "test"}, budget=(10, "--steps", "step")
     )
     assert state["step"] == 10  # the same budget: a finished run, nothing to refuse
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_by_starting_again(tmp_path, capsys):
+    cfg = Cfg(str(tmp_path / "run"))
+    with Run(cfg) as run:
+        run.restore({"job": "test"})
+        run.begin(0)
+        run.log(5, {"x": 1.0})
+        (run.dir / "replay").mkdir()
+        (run.dir / "replay" / "00000000-10.npz").write_bytes(b"episode")
+        # ... and the process dies here, before run.checkpoint
+    with pytest.raises(FileExistsError, match="--resume"):
+        Run(cfg)
+    with Run(Cfg(cfg.logdir, steps=20), resume=True) as run:
+        assert run.restore({"job": "test"}) is None and not run.resume
+        assert "starting it again" in capsys.readouterr().err
+        aside = run.dir / "unfinished-1"
+        assert (aside / "replay" / "00000000-10.npz").read_bytes() == b"episode"
+        assert (aside / "metrics.jsonl").exists() and not (run.dir / "replay").exists()
+        assert json.loads((run.dir / "config.json").read_text())["steps"] == 20

@@ -21,6 +21,7 @@ from wmrl.planners.methods.dreamer import (
     PRESETS,
     DreamerConfig,
     DreamerPolicy,
+    Learner,
     load_run,
     make_update,
     random_batch,
@@ -350,3 +351,19 @@ def test_ctrl_c_mid_episode_saves_a_checkpoint_that_resumes(tmp_path, monkeypatc
     monkeypatch.setattr(DreamerPolicy, "act", act)
     summary = train_dreamer(tiny(run), resume=True)
     assert summary["episodes"] == 1 and summary["env_steps"] == 2000
+
+
+def test_a_crash_before_the_first_checkpoint_does_not_lock_the_run(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+
+    def crash(self, replay, updates):
+        raise RuntimeError("the machine fell over")
+
+    with monkeypatch.context() as m:  # dies in the pretraining, after the prefill
+        m.setattr(Learner, "train", crash)
+        with pytest.raises(RuntimeError, match="fell over"):
+            train_dreamer(tiny(run))
+    assert (run / "config.json").exists() and not (run / "checkpoint.pt").exists()
+    summary = train_dreamer(tiny(run), resume=True)
+    assert summary["episodes"] == 1 and summary["env_steps"] == 2000
+    assert len(list((run / "unfinished-1" / "replay").glob("*.npz"))) == 1  # the old prefill

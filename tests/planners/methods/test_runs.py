@@ -80,3 +80,9 @@ def test_bad_runs_are_named(pixel_run, tmp_path):
         run.openloop(vectors, np.zeros((20, 1), np.float32), 5, 10)
     with pytest.raises(SystemExit, match="must end in .gif"):
         render_gif("--run", pixel_run, "--out", tmp_path / "x.mp4")
+
+
+def test_a_run_without_a_checkpoint_yet_says_so(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="stopped before its first checkpoint.*--resume"):
+        run_job(tmp_path)
