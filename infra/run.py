@@ -1,24 +1,29 @@
 """The run skeleton every training loop uses, written once: run directory, saved config, seed,
 device, resume from a meta-checked checkpoint, logger, progress bar, wall clock across resumes.
 
-    with Run(cfg, resume) as run:                     # directory, seed, device
+    with Run(cfg, resume) as run:                     # directory, seed, device, signals
         model = build(...).to(run.device)
-        state = run.restore(meta={"job": "planet", "env": cfg.env})  # None for a new run
+        meta = {"job": "planet", "env": cfg.env}
+        state = run.restore(meta, budget=(cfg.steps, "--steps", "step"))  # None: a new run
         step = state["step"] if state else 0
         run.begin(step, total=cfg.steps, unit="step")  # logger and progress bar
-        every_eval = Every(cfg.eval_every, start=step)
+        every_eval, every_checkpoint = Every(cfg.eval_every, step), Every(cfg.ckpt_every, step)
         while step < cfg.steps:
             ...
             run.log(step, row)
             if every_eval(step):
                 ...
-            run.checkpoint({"model": model.state_dict(), "step": step})
+            if every_checkpoint(step) or run.stopping:   # SIGINT/SIGTERM: save now
+                run.checkpoint({"model": model.state_dict(), "step": step})
             run.advance(step, ret=f"{ret:.1f}")
+            run.stop_point()                              # then stop, with a resume hint
     # leaving the block closes the bar, the logger and whatever `run.closing` was given
 
 What the skeleton adds to every checkpoint, and restores from it: every RNG's state (`"rng"`)
 and the wall-clock seconds of the run so far (`"wall_s"`). A loop's own state (weights,
 counters, replay position) is what it passes to `checkpoint` and reads back from `restore`.
+Scripts are `command(main)` around `main = run_main(train, Config, PRESETS, ...)`: errors a user
+can act on end with one line, a stop on a signal with the resume hint.
 """
 
 from __future__ import annotations
