@@ -259,11 +259,17 @@ def field_comments(cls: type, prefix: str = "") -> dict[str, str]:
         source = inspect.getsource(cls)
     except (OSError, TypeError):
         source = ""
-    found = {}
+    found, last = {}, None
     for line in source.splitlines():
         match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        more = re.match(r"\s+#\s*(.+)$", line)
         if match:
-            found[prefix + match[1]] = match[2].strip()
+            last = prefix + match[1]
+            found[last] = match[2].strip()
+        elif more and last and not found[last].endswith("."):  # the comment goes on below
+            found[last] += " " + more[1].strip()
+        else:
+            last = None
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
@@ -276,6 +282,12 @@ class _Parser(argparse.ArgumentParser):
     bury the message): `<prog>: error: <message> (see --help)`, exit code 2."""
 
     def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):  # did you mean ...?
+            flags = [s for a in self._actions for s in a.option_strings]
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], flags, n=3, cutoff=0.6)
+                if word.startswith("--") and close:
+                    message += f"; for {word} did you mean {' or '.join(close)}?"
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

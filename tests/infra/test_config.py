@@ -168,3 +168,28 @@ class Grid:
 def test_a_field_named_preset_is_a_plain_flag_when_the_config_has_no_presets():
     cfg, _ = parse_config(Grid, argv=["--preset", "smoke", "--seeds", "0"])
     assert cfg == Grid(preset="smoke", seeds="0")
+
+
+@dataclass
+class Long:
+    steps: int = 10  # a budget whose comment is longer than
+    # one line, and goes on here
+    seed: int = 0  # done.
+    # a note about the next field, not this one
+    lr: float = 1e-3
+
+
+def test_help_shows_a_comment_that_goes_on_below_its_field_and_no_more(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(Long, argv=["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "a budget whose comment is longer than one line, and goes on here [10]" in out
+    assert "done. [0]" in out and "a note about" not in out
+
+
+def test_a_misspelt_flag_gets_one_line_with_did_you_mean(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        parse_config(Long, argv=["--stepz", "3"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.splitlines()) == 1
+    assert "unrecognized arguments: --stepz 3; for --stepz did you mean --steps" in err
