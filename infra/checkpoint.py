@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Mapping
@@ -70,6 +71,18 @@ def save_checkpoint(
             os.fsync(f.fileno())  # the rename must not reach the disk before the data
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        os.unlink(tmp)
+        # torch.save reports a failed write (a full disk) as "[enforce fail at
+        # inline_container.cc] ... unexpected pos"; any other RuntimeError is not the disk's.
+        if not isinstance(exc, OSError) and "inline_container" not in str(exc):
+            raise
+        free = shutil.disk_usage(path.parent).free / 2**20
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"could not write the checkpoint {path} ({first}; {free:.0f} MiB free on that "
+            "disk); the previous checkpoint is intact: free some space, then --resume"
+        ) from exc
     except BaseException:
         os.unlink(tmp)
         raise

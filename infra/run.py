@@ -274,7 +274,7 @@ def run_main(train, cls, presets=None, description=None, argv=None, show=None):
 
 # Errors a user can act on (bad input, a missing or foreign run, a non-finite loss): a command
 # prints their message, which names the fix, as one line.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, FloatingPointError)
+USER_ERRORS = (ValueError, OSError, FloatingPointError)  # OSError: disk full, permissions, ...
 
 
 def command(main, argv=None):

@@ -95,3 +95,19 @@ def test_rng_states_survive_a_checkpoint(tmp_path):
     seed_everything(4)  # anything else in between
     set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])
     assert draws() == expected
+
+
+def test_a_full_disk_is_one_clear_error_and_the_previous_checkpoint_stays(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def full_disk(obj, f):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    expected = r"could not write .*MiB free.*previous checkpoint is intact: free some space"
+    with pytest.raises(CheckpointError, match=expected):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1 and os.listdir(tmp_path) == ["checkpoint.pt"]
