@@ -177,6 +177,28 @@ class Run:
         start = step if initial is None else initial
         self.bar = progress(total, initial=start, desc=self.desc, unit=unit)
 
+    def phase(self, name: str) -> None:
+        """Name the phase the run is in on its progress bar ("prefill", "pretrain", "train"),
+        with a bar started afresh at the same position, so that its rate and ETA come from this
+        phase alone (a fast random prefill would promise a short training)."""
+        if self.bar is None:
+            return
+        n, total, unit = self.bar.n, self.bar.total, self.bar.unit
+        self.bar.close()
+        self.bar = progress(total, initial=n, desc=f"{self.desc} {name}".strip(), unit=unit)
+
+    def notice(self, message: str) -> None:
+        """One line for the user, above the progress bar (stderr)."""
+        (self.bar.write if self.bar is not None else print)(message, file=sys.stderr)
+
+    def speed_notice(self, what: str, seconds: float, updates_left: int, advice: str) -> None:
+        """On a CPU, say once what the rest of the run costs at the speed just measured
+        (`seconds` per update, `updates_left` to go), if it is an hour or more, and `advice`."""
+        hours = seconds * updates_left / 3600
+        if self.device.type == "cpu" and hours >= 1:
+            self.notice(f"{what} on a CPU: {seconds:.1f} s per update here, about {hours:.0f} h "
+                        f"for the {updates_left} updates to go; {advice}")  # fmt: skip
+
     def log(self, step: int, row: Mapping[str, float]) -> None:
         """One row of scalars at `step` (metrics.jsonl and TensorBoard)."""
         self.logger.log(step, row)

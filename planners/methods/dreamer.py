@@ -209,12 +209,16 @@ class Learner:
         self.update = make_update(model, ac, self.optimizer, device, sync=False)
         self.metrics = MeanMetrics()
 
-    def train(self, replay, updates: int) -> None:
-        """`updates` updates on batches (batch_size x batch_length) sampled from `replay`."""
+    def train(self, replay, updates: int, stop=None) -> int:
+        """Up to `updates` updates on batches (batch_size x batch_length) sampled from `replay`,
+        fewer if `stop()` turns true (a signal asked the run to stop); returns how many ran."""
         self.model.train()
-        for _ in range(updates):
+        done = 0
+        while done < updates and not (stop and stop()):
             self.metrics.add(self.update(replay.sample(self.cfg.batch_size, self.cfg.batch_length)))
+            done += 1
         self.model.eval()
+        return done
 
     def state_dict(self) -> dict:
         return {
@@ -239,13 +243,14 @@ class Progress:
     pretrained: bool = False  # the pretraining updates after the prefill are done
     last_eval: int = 0  # policy steps in the replay at the last evaluation
     eval_return: float | None = None
+    pretrain_updates: int = 0  # of the pretraining, done (a signal may stop it part way)
 
     @classmethod
     def from_state(cls, state: dict | None) -> Progress:
         if state is None:
             return cls()
-        return cls(int(state["episodes"]), bool(state["pretrained"]),
-                   int(state["last_eval"]), state.get("eval_return"))  # fmt: skip
+        return cls(int(state["episodes"]), bool(state["pretrained"]), int(state["last_eval"]),
+                   state.get("eval_return"), int(state.get("pretrain_updates", 0)))  # fmt: skip
 
 
 def evaluate(env, policy: DreamerPolicy, episodes: int) -> float:
@@ -336,6 +341,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         run.begin(replay.total_steps * repeat, total=cfg.steps)
 
         if replay.total_steps < cfg.prefill:
+            run.phase("prefill")
             explore, returns = random_policy(vec.action_space, rng=rng), []
             while replay.total_steps < cfg.prefill:
                 returns += [e.ret for e in collector.run(explore, episodes=1)]
@@ -345,14 +351,24 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             run.log(replay.total_steps * repeat, {"prefill/return": float(np.mean(returns))})
             run.advance(replay.total_steps * repeat)
         if not done.pretrained:
-            learner.train(replay, cfg.pretrain)
+            run.phase("pretrain")
+            stop = lambda: run.stopping  # noqa: E731 - a signal stops it between updates
+            start, timed = time.perf_counter(), min(2, cfg.pretrain - done.pretrain_updates)
+            done.pretrain_updates += learner.train(replay, timed, stop)
+            if model.pixels and timed:  # the first updates say what the budget costs here
+                left = (cfg.steps // repeat - replay.total_steps) // cfg.train_every
+                seconds = (time.perf_counter() - start) / timed
+                run.speed_notice("pixel DreamerV2", seconds, left * cfg.train_steps, CPU_ADVICE)
+            todo = cfg.pretrain - done.pretrain_updates
+            done.pretrain_updates += learner.train(replay, todo, stop)
             learner.metrics.mean("the pretraining updates", FIX_NONFINITE)
-            done.pretrained = True
+            done.pretrained = done.pretrain_updates >= cfg.pretrain
             save(run, learner, done, replay, rng, repeat)
             run.stop_point()
 
         # Policy step k (counted over all envs from the replay's committed steps on) is followed
         # by train_steps updates when k % train_every == 0 (danijar's Every).
+        run.phase("train")
         first, base = replay.total_steps, collector.steps
         train_every = Every(cfg.train_every, start=first)
         meter = Throughput(repeat)
@@ -413,6 +429,8 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     }
 
 
+CPU_ADVICE = ("--preset state learns from state observations on a CPU; pixels want a GPU "
+              "(--device cuda)")  # fmt: skip
 FIX_NONFINITE = ("the checkpoint from before it is intact: resume from it with lower learning "
                  "rates (--model.lr, --ac.actor-lr, --ac.critic-lr)")  # fmt: skip
 

@@ -12,6 +12,7 @@ env's action repeat, as in the paper's plots.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -115,6 +116,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
         run.begin(replay.total_steps * repeat, total=cfg.episodes, initial=done, unit="episode")
 
         if replay.total_episodes < cfg.seed_episodes:
+            run.phase("seed episodes")
             explore, returns = random_policy(env.action_space, rng=rng), []
             while replay.total_episodes < cfg.seed_episodes:
                 returns.append(run_episode(env, explore, replay)[0])
@@ -124,10 +126,16 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
         every_eval = Every(cfg.eval_every, start=done)
         every_gif = Every(cfg.gif_every, start=done)
         every_checkpoint = Every(cfg.checkpoint_every, start=done)
-        train_return = None
+        train_return, measured = None, not model.pixels
+        run.phase("train")
         while done < cfg.episodes:
+            start = time.perf_counter()
             learner.train(replay, f"planner episode {done + 1} (env step "
                           f"{replay.total_steps * repeat}) in {run.dir}")  # fmt: skip
+            if not measured:  # the first measured speed: say what the budget costs here
+                seconds, measured = (time.perf_counter() - start) / max(cfg.train_steps, 1), True
+                left = (cfg.episodes - done) * cfg.train_steps
+                run.speed_notice("pixel PlaNet", seconds, left, CPU_ADVICE)
             model.eval()
             planner.reset()
             act = partial(planner_action, planner, explore=True)
@@ -158,6 +166,10 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
         "eval_return": eval_return,
         "run_dir": str(run.dir),
     }
+
+
+CPU_ADVICE = ("--obs-type state learns from state observations on a CPU; pixels want a GPU "
+              "(--device cuda)")  # fmt: skip
 
 
 def meta(cfg: PlaNetConfig, model: RSSM) -> dict:

@@ -172,3 +172,16 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_by_starting_again(tmp
         assert (aside / "replay" / "00000000-10.npz").read_bytes() == b"episode"
         assert (aside / "metrics.jsonl").exists() and not (run.dir / "replay").exists()
         assert json.loads((run.dir / "config.json").read_text())["steps"] == 20
+
+
+def test_a_cpu_run_says_what_its_budget_costs_and_names_its_phase(tmp_path, capsys):
+    with Run(Cfg(str(tmp_path / "run"))) as run:
+        run.restore({"job": "test"})
+        run.begin(0, total=10)
+        run.phase("pretrain")
+        assert run.bar.desc == "pretrain" and run.bar.n == 0
+        run.speed_notice("pixel X", 8.0, 1800, "use a GPU")  # 4 hours
+        run.speed_notice("pixel X", 1.0, 1800, "use a GPU")  # half an hour: nothing to say
+    err = capsys.readouterr().err
+    assert "pixel X on a CPU: 8.0 s per update here, about 4 h for the 1800 updates" in err
+    assert err.count("pixel X") == 1

@@ -356,7 +356,7 @@ def test_ctrl_c_mid_episode_saves_a_checkpoint_that_resumes(tmp_path, monkeypatc
 def test_a_crash_before_the_first_checkpoint_does_not_lock_the_run(tmp_path, monkeypatch):
     run = tmp_path / "run"
 
-    def crash(self, replay, updates):
+    def crash(self, replay, updates, stop=None):
         raise RuntimeError("the machine fell over")
 
     with monkeypatch.context() as m:  # dies in the pretraining, after the prefill
@@ -367,3 +367,25 @@ def test_a_crash_before_the_first_checkpoint_does_not_lock_the_run(tmp_path, mon
     summary = train_dreamer(tiny(run), resume=True)
     assert summary["episodes"] == 1 and summary["env_steps"] == 2000
     assert len(list((run / "unfinished-1" / "replay").glob("*.npz"))) == 1  # the old prefill
+
+
+def test_ctrl_c_in_the_pretraining_stops_between_updates_and_resumes_the_rest(
+    tmp_path, monkeypatch
+):
+    sample, calls = EpisodeReplay.sample, []
+
+    def sample_then_interrupt(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # the 5th of 20 pretraining updates
+            os.kill(os.getpid(), signal.SIGINT)
+        return sample(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(EpisodeReplay, "sample", sample_then_interrupt)
+        with pytest.raises(RunStopped, match="saved a checkpoint"):
+            train_dreamer(tiny(tmp_path / "run", pretrain=20))
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert not state["pretrained"] and state["pretrain_updates"] == 5
+    resumed = train_dreamer(tiny(tmp_path / "run", pretrain=20), resume=True)
+    whole = train_dreamer(tiny(tmp_path / "whole", pretrain=20))
+    assert resumed["updates"] == whole["updates"] == 20 + 3
