@@ -311,6 +311,22 @@ def save(run: Run, learner: Learner, done: Progress, replay, rng, repeat: int) -
     run.checkpoint({**learner.state_dict(), **asdict(done), **extra})
 
 
+def pretrain(run: Run, learner: Learner, done: Progress, replay, cfg: DreamerConfig, repeat: int):
+    """The pretraining updates still to do (`done.pretrain_updates` counts them), stopping
+    between updates on a signal. On a CPU with pixels the first two also say what the whole
+    budget will cost at their speed."""
+    stop = lambda: run.stopping  # noqa: E731
+    start, timed = time.perf_counter(), min(2, cfg.pretrain - done.pretrain_updates)
+    done.pretrain_updates += learner.train(replay, timed, stop)
+    if learner.model.pixels and timed:
+        left = (cfg.steps // repeat - replay.total_steps) // cfg.train_every * cfg.train_steps
+        seconds = (time.perf_counter() - start) / timed
+        run.speed_notice("pixel DreamerV2", seconds, left, CPU_ADVICE)
+    done.pretrain_updates += learner.train(replay, cfg.pretrain - done.pretrain_updates, stop)
+    learner.metrics.mean("the pretraining updates", FIX_NONFINITE)
+    done.pretrained = done.pretrain_updates >= cfg.pretrain
+
+
 def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     """Train DreamerV2 as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
     checkpoint and replay) up to `cfg.steps` env steps. Returns a summary dict."""
@@ -336,14 +352,15 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         )
         run.closing(vec)
         collector = Collector(vec, replay, seed=seed)
+        explore = random_policy(vec.action_space, rng=rng)  # the prefill's uniform actions
         policy = DreamerPolicy(model, ac, run.device, cfg.num_envs)
         eval_policy = DreamerPolicy(model, ac, run.device)
         run.begin(replay.total_steps * repeat, total=cfg.steps)
 
         if replay.total_steps < cfg.prefill:
             run.phase("prefill")
-            explore, returns = random_policy(vec.action_space, rng=rng), []
-            while replay.total_steps < cfg.prefill:
+            returns = []
+            while replay.total_steps < cfg.prefill:  # in whole episodes
                 returns += [e.ret for e in collector.run(explore, episodes=1)]
                 if run.stopping:  # the prefill continues from the saved episodes
                     save(run, learner, done, replay, rng, repeat)
@@ -352,17 +369,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             run.advance(replay.total_steps * repeat)
         if not done.pretrained:
             run.phase("pretrain")
-            stop = lambda: run.stopping  # noqa: E731 - a signal stops it between updates
-            start, timed = time.perf_counter(), min(2, cfg.pretrain - done.pretrain_updates)
-            done.pretrain_updates += learner.train(replay, timed, stop)
-            if model.pixels and timed:  # the first updates say what the budget costs here
-                left = (cfg.steps // repeat - replay.total_steps) // cfg.train_every
-                seconds = (time.perf_counter() - start) / timed
-                run.speed_notice("pixel DreamerV2", seconds, left * cfg.train_steps, CPU_ADVICE)
-            todo = cfg.pretrain - done.pretrain_updates
-            done.pretrain_updates += learner.train(replay, todo, stop)
-            learner.metrics.mean("the pretraining updates", FIX_NONFINITE)
-            done.pretrained = done.pretrain_updates >= cfg.pretrain
+            pretrain(run, learner, done, replay, cfg, repeat)
             save(run, learner, done, replay, rng, repeat)
             run.stop_point()
 
@@ -407,12 +414,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         if done.episodes == 0 and done.last_eval < replay.total_steps:
             # The prefill's whole episodes used the budget (several envs, a small --steps):
             # the run still ends with its evaluation, GIF and checkpoint.
-            warnings.warn(
-                f"the prefill ({replay.total_steps} policy steps in whole episodes of "
-                f"{cfg.num_envs} env(s)) used the whole budget of {cfg.steps} env steps, so "
-                "no training episode ran; raise --steps",
-                stacklevel=2,
-            )
+            warnings.warn(PREFILL_USED_THE_BUDGET.format(replay.total_steps, cfg), stacklevel=2)
             done.eval_return = evaluate(env, eval_policy, cfg.eval_episodes)
             done.last_eval = replay.total_steps
             run.log(replay.total_steps * repeat, {"eval/return": done.eval_return})
@@ -429,6 +431,10 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     }
 
 
+PREFILL_USED_THE_BUDGET = (
+    "the prefill ({0} policy steps in whole episodes of {1.num_envs} env(s)) used the whole "
+    "budget of {1.steps} env steps, so no training episode ran; raise --steps"
+)
 CPU_ADVICE = ("--preset state learns from state observations on a CPU; pixels want a GPU "
               "(--device cuda)")  # fmt: skip
 FIX_NONFINITE = ("the checkpoint from before it is intact: resume from it with lower learning "
