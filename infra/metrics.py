@@ -65,9 +65,11 @@ class MeanMetrics:
         if any(isinstance(v, torch.Tensor) for v in values):
             device = next(v.device for v in values if isinstance(v, torch.Tensor))
             row = torch.stack([torch.as_tensor(v, device=device).detach().float() for v in values])
-        else:
-            row = torch.tensor([float(v) for v in values], dtype=torch.float64)
-        self._total = row if self._total is None else self._total + row
+            self._total = row if self._total is None else self._total + row
+        else:  # host floats (the offline algorithms'): plain sums, no tensor per update
+            row = [float(v) for v in values]
+            total = self._total if self._total is not None else [0.0] * len(row)
+            self._total = [a + b for a, b in zip(total, row, strict=True)]
         self._runs += 1
         self.count += 1
 
@@ -87,7 +89,9 @@ class MeanMetrics:
         names = list(self._folded)
         out = {}
         if names:
-            sums = torch.stack([torch.as_tensor(self._folded[n][0]) for n in names]).tolist()
+            sums = [self._folded[n][0] for n in names]
+            if any(isinstance(v, torch.Tensor) for v in sums):  # one device-to-host copy
+                sums = torch.stack([torch.as_tensor(v) for v in sums]).tolist()
             out = {n: s / self._folded[n][1] for n, s in zip(names, sums, strict=True)}
         self._folded, self.count = {}, 0
         check_finite(out, what, fix)

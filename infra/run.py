@@ -177,15 +177,19 @@ class Run:
         start = step if initial is None else initial
         self.bar = progress(total, initial=start, desc=self.desc, unit=unit)
 
-    def phase(self, name: str) -> None:
+    def phase(self, name: str, total: int | None = None, initial: int | None = None,
+              unit: str | None = None) -> None:  # fmt: skip
         """Name the phase the run is in on its progress bar ("prefill", "pretrain", "train"),
-        with a bar started afresh at the same position, so that its rate and ETA come from this
-        phase alone (a fast random prefill would promise a short training)."""
-        if self.bar is None:
-            return
-        n, total, unit = self.bar.n, self.bar.total, self.bar.unit
-        self.bar.close()
-        self.bar = progress(total, initial=n, desc=f"{self.desc} {name}".strip(), unit=unit)
+        with a bar started afresh, so that its rate and ETA come from this phase alone (a fast
+        random prefill would promise a short training). It keeps the old bar's total, position
+        and unit unless given new ones (a pipeline's stages count different things)."""
+        old = self.bar
+        if old is not None:
+            old.close()
+        total = total if total is not None else (old.total if old is not None else None)
+        initial = initial if initial is not None else (old.n if old is not None else 0)
+        unit = unit or (old.unit if old is not None else "step")
+        self.bar = progress(total, initial=initial, desc=f"{self.desc} {name}".strip(), unit=unit)
 
     def notice(self, message: str) -> None:
         """One line for the user, above the progress bar (stderr)."""

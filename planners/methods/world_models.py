@@ -45,7 +45,6 @@ from wmrl.infra import (
     atomic_write_bytes,
     load_checkpoint,
     load_config,
-    progress,
     seed_everything,
     set_rng_state,
 )
@@ -207,7 +206,7 @@ def check_inputs(todo: list[str], done: list[str]) -> None:
 def stage_progress(run: Run, stage: str, total: int, initial: int, unit: str):
     """The run's progress bar for one stage, at `initial` of `total` `unit`s (`run.advance`
     moves it), closed when the stage's loop ends."""
-    run.bar = progress(total, initial=initial, desc=stage, unit=unit)
+    run.phase(stage, total, initial, unit)
     try:
         yield
     finally:
