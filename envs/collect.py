@@ -17,7 +17,7 @@ import numpy as np
 from wmrl.envs.datasets import export_replay
 from wmrl.envs.registry import env_options, make, make_vector
 from wmrl.envs.replay import EpisodeReplay
-from wmrl.envs.rollout import random_policy
+from wmrl.envs.rollout import env_rng_state, random_policy, set_env_rng_state
 from wmrl.infra import Every, Run
 from wmrl.infra.config import at_least
 
@@ -78,7 +78,12 @@ class Collector:
         finished: list[EpisodeStats] = []
         taken = 0
         while (episodes is None or len(finished) < episodes) and (steps is None or taken < steps):
-            actions = np.asarray(policy(self.obs))
+            if self._resetting.all():  # every env resets now and ignores its action: the
+                # policy is not asked (nor draws from its generators for nothing)
+                space = self.env.single_action_space
+                actions = np.zeros((self.num_envs, *space.shape), space.dtype)
+            else:
+                actions = np.asarray(policy(self.obs))
             next_obs, rewards, terminated, truncated, _ = self.env.step(actions)
             for i in range(self.num_envs):
                 if self._resetting[i]:  # auto-reset step: the first observation of an episode
@@ -119,7 +124,7 @@ class CollectConfig:
 
     env: str = "dmc:cartpole-swingup"  # dmc:<domain>-<task> or gym:<gymnasium id>
     logdir: str = "runs/collect"  # the run directory
-    seed: int = 0  # env i of the vector is seeded with seed + i
+    seed: int = 0  # env i of the vector is seeded with seed + i; the random actions with seed
     episodes: int = 100  # the budget: episodes to collect (at least; envs finish together)
     num_envs: int = 4  # envs stepping at once, one process each
     obs_type: str | None = None  # pixels or state; none: the env's default (pixels for dmc:)
@@ -150,6 +155,7 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
     with Run(cfg, resume, desc="collect") as run:
         meta = {"job": "collect", "env": cfg.env}
         state = run.restore(meta, budget=(cfg.episodes, "--episodes", "episodes"))
+        rng = np.random.default_rng(cfg.seed)  # the random actions
         if state is None:
             replay, returns = EpisodeReplay(cfg.capacity, directory=run.dir / "replay"), []
         else:
@@ -157,12 +163,17 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
                                         max_episodes=state["episodes"])  # fmt: skip
             returns = list(state["returns"])
         done = replay.total_episodes
-        # Fresh seeds after a resume: the interrupted envs' states cannot be restored.
         seed = cfg.seed + 1000 * done
-        vec = run.closing(make_vector(cfg.env, min(cfg.num_envs, max(cfg.episodes - done, 1)),
-                                      seed=seed, **env_options(cfg)))  # fmt: skip
+        vec = run.closing(make_vector(cfg.env, min(cfg.num_envs, cfg.episodes), seed=seed,
+                                      **env_options(cfg)))  # fmt: skip
+        if state is not None and len(state.get("env_rng", ())) == vec.num_envs:
+            # The generators as saved: the run meets the episodes it would have met had it
+            # never stopped, exactly so when every env's episode had ended at the checkpoint
+            # (one env, or dm-control's fixed-length episodes); else fresh seeds, as above.
+            set_env_rng_state(vec, state["env_rng"])
+            rng.bit_generator.state, seed = state["action_rng"], None
         collector = Collector(vec, replay, seed=seed)
-        policy = random_policy(vec.action_space, seed=seed)
+        policy = random_policy(vec.action_space, rng=rng)
         # Episodes are committed in the order `run` reports them, so a running sum of their
         # lengths is the env-step count at which each one ended, even when several end on the
         # same step.
@@ -176,7 +187,8 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
                 run.log(step, {"collect/return": stats.ret, "collect/length": stats.length})
             done = replay.total_episodes
             if every_checkpoint(done) or done >= cfg.episodes or run.stopping:
-                run.checkpoint({"episodes": done, "returns": returns})
+                run.checkpoint({"episodes": done, "returns": returns, "env_rng": env_rng_state(vec),
+                                "action_rng": rng.bit_generator.state})  # fmt: skip
             run.advance(done)
             run.stop_point()
     summary = {

@@ -29,6 +29,7 @@ os.environ.setdefault("LP_NUM_THREADS", "0")
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
+from gymnasium.utils import seeding  # noqa: E402
 
 # PlaNet (Hafner et al. 2019, appendix) action repeats; other domains use Dreamer's default of 2.
 PLANET_ACTION_REPEAT = {
@@ -83,7 +84,7 @@ class DMCEnv(gym.Env):
         render_mode: "rgb_array" makes `render()` return the current frame (H, W, 3).
         time_limit: env steps per episode (1000, the suite's standard; also bounds tasks such as
             lqr whose own limit is infinite).
-        seed: seeds the task's random initial states (as `reset(seed=...)` also does).
+        seed: seeds the random initial states of the episodes (as `reset(seed=...)` also does).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
@@ -121,6 +122,8 @@ class DMCEnv(gym.Env):
         self.time_limit, self._env_steps = int(time_limit), 0
 
         self._env = suite.load(domain, task, task_kwargs={"random": seed})
+        if seed is not None:
+            self._np_random, self._np_random_seed = seeding.np_random(seed)
         physics = self._env.physics
         if fast_render:
             # Multisampling is fixed when the GL context is made, so set it before any render.
@@ -174,9 +177,12 @@ class DMCEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if seed is not None:
-            # The task draws initial states from its own RandomState (dm_control.suite.base.Task).
-            self._env.task._random = np.random.RandomState(seed)
             self.action_space.seed(seed)
+        # The task draws the episode's initial state from its own RandomState
+        # (dm_control.suite.base.Task), made here from gymnasium's `np_random`: that generator's
+        # state alone then says which episodes come next, for every env alike, and a run saves
+        # and restores it to resume exactly (`envs.rollout.env_rng_state`).
+        self._env.task._random = np.random.RandomState(self.np_random.integers(2**32))
         self._env_steps = 0
         time_step = self._env.reset()
         return self._observation(time_step), {"discount": 1.0}

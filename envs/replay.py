@@ -426,15 +426,16 @@ def _read_npz(path: Path, T: int) -> dict[str, np.ndarray]:
 def open_replay(run_dir: Path, capacity: int, seed: int, state: dict | None = None):
     """The replay and NumPy generator of an online run (PlaNet, Dreamer): fresh ones seeded with
     `seed`, or, given the checkpoint `state` of a resumed run, the episodes on disk up to the
-    checkpoint (later ones are dropped) and the generator as it was saved. The replay's sampler
-    gets a new seed on resume, from the number of finished episodes, so that a resumed run does
-    not replay the batches it drew before. Returns (replay, rng)."""
+    checkpoint (later ones are dropped), its sampler and the generator as they were saved, so
+    that the resumed run draws the batches the saved one would have. Returns (replay, rng)."""
     directory = Path(run_dir) / "replay"
     if state is None:
         return EpisodeReplay(capacity, directory=directory, seed=seed), np.random.default_rng(seed)
     episodes = int(state["replay_episodes"])
     replay = EpisodeReplay.load(directory, capacity, seed=seed + 1000 * (episodes + 1),
                                 max_episodes=episodes)  # fmt: skip
+    if "sampler_rng" in state:  # (older checkpoints: the sampler seeded afresh, above)
+        replay._rng.bit_generator.state = state["sampler_rng"]
     rng = np.random.default_rng()
     rng.bit_generator.state = state["numpy_rng"]
     return replay, rng
@@ -442,5 +443,10 @@ def open_replay(run_dir: Path, capacity: int, seed: int, state: dict | None = No
 
 def replay_checkpoint(replay, rng: np.random.Generator) -> dict:
     """What `open_replay` needs back from a checkpoint: how many episodes the replay had
-    committed and the run's NumPy generator (the other RNGs are `infra.run.Run.checkpoint`'s)."""
-    return {"replay_episodes": replay.total_episodes, "numpy_rng": rng.bit_generator.state}
+    committed, its sampler's generator and the run's NumPy generator (the other RNGs are
+    `infra.run.Run.checkpoint`'s)."""
+    return {
+        "replay_episodes": replay.total_episodes,
+        "sampler_rng": replay._rng.bit_generator.state,
+        "numpy_rng": rng.bit_generator.state,
+    }

@@ -7,6 +7,7 @@ runs batched policies in vector envs).
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 
 from wmrl.envs.registry import make
@@ -79,6 +80,34 @@ def random_policy(action_space, seed: int | None = None, rng: np.random.Generato
         return rng.uniform(low, high).astype(action_space.dtype)
 
     return act
+
+
+def env_rng_state(env) -> list[dict]:
+    """The state of the generator each env draws its episodes from (gymnasium's `np_random`;
+    `envs.dmc.DMCEnv` draws its initial states from it too): one entry for an env, one per
+    sub-env for a vector env. Saved in a checkpoint at an episode boundary, it lets a resumed
+    run meet the same episodes as a run that never stopped (`set_env_rng_state`)."""
+    gens = env.call("np_random") if isinstance(env, gym.vector.VectorEnv) else (env.np_random,)
+    return [g.bit_generator.state for g in gens]
+
+
+def set_env_rng_state(env, states: list[dict]) -> None:
+    """Put back the generators `env_rng_state` saved (ValueError if their count does not match
+    the env's), so that the next `reset()` without a seed starts the same episode as it would
+    have in the saved run."""
+    vector = isinstance(env, gym.vector.VectorEnv)
+    count = env.num_envs if vector else 1
+    if len(states) != count:
+        raise ValueError(f"saved env generators are {len(states)}, the env has {count}")
+    gens = []
+    for state in states:
+        gen = np.random.Generator(getattr(np.random, state["bit_generator"])())
+        gen.bit_generator.state = state
+        gens.append(gen)
+    if vector:
+        env.set_attr("np_random", gens)
+    else:
+        env.np_random = gens[0]
 
 
 def eval_env(dataset, env_id: str = ""):

@@ -2,7 +2,9 @@
 `dmc_vision` config): prefill the replay with uniform random actions, pretrain, then act with
 the actor and make one update (world model, then actor-critic on its posteriors) every
 `train_every` policy steps. Resumable like PlaNet's loop: the replay persists episode by episode
-(`run_dir/replay`), and checkpoints are written between episodes.
+(`run_dir/replay`), and checkpoints are written between episodes, with every generator the run
+draws from (weights' updates, replay batches, actions, the envs' episode starts), so a run
+killed at any point and resumed logs what the run that was never stopped logs.
 
     from wmrl.planners.methods.dreamer import DreamerConfig, train_dreamer
     summary = train_dreamer(DreamerConfig(env="dmc:walker-walk", steps=1_000_000))
@@ -25,7 +27,13 @@ import torch
 from wmrl.envs.collect import Collector
 from wmrl.envs.registry import env_options, make, make_vector
 from wmrl.envs.replay import open_replay, replay_checkpoint
-from wmrl.envs.rollout import env_action_repeat, random_policy, run_episode
+from wmrl.envs.rollout import (
+    env_action_repeat,
+    env_rng_state,
+    random_policy,
+    run_episode,
+    set_env_rng_state,
+)
 from wmrl.infra.checkpoint import load_checkpoint
 from wmrl.infra.config import at_least, load_config
 from wmrl.infra.metrics import MeanMetrics
@@ -305,10 +313,32 @@ def episode_row(finished: list, metrics: dict, learner: Learner, replay, meter: 
     return {**row, **meter.rates()}
 
 
-def save(run: Run, learner: Learner, done: Progress, replay, rng, repeat: int) -> None:
-    """The run's checkpoint: weights and optimisers, progress, and where the replay stands."""
+def save(run: Run, learner: Learner, done: Progress, replay, rng, repeat: int, envs) -> None:
+    """The run's checkpoint: weights and optimisers, progress, where the replay stands, and the
+    generators of `envs` ({"collect": vector env, "eval": env}) that draw the next episodes."""
     extra = {"env_steps": replay.total_steps * repeat, **replay_checkpoint(replay, rng)}
+    extra["env_rng"] = {name: env_rng_state(env) for name, env in envs.items()}
     run.checkpoint({**learner.state_dict(), **asdict(done), **extra})
+
+
+def open_envs(cfg: DreamerConfig, env, state: dict | None):
+    """The collecting vector env and the seed for its first reset, with the evaluation `env`
+    made ready too. A new run seeds both with `cfg.seed`. A resumed run puts back the
+    generators its checkpoint saved, so that it meets the episodes the run would have met had
+    it never stopped (exact when every env's episode had ended at the checkpoint: one env, or
+    dm-control's fixed-length episodes); a checkpoint without them, or for another number of
+    envs, gets fresh seeds. Returns (vector env, seed or None)."""
+    seed = cfg.seed + 1000 * (0 if state is None else int(state["replay_episodes"]))
+    vec = make_vector(
+        cfg.env, cfg.num_envs, seed=seed, asynchronous=cfg.num_envs > 1, **env_options(cfg)
+    )
+    saved = (state or {}).get("env_rng")
+    if saved is not None and len(saved["collect"]) == cfg.num_envs:
+        set_env_rng_state(env, saved["eval"])
+        set_env_rng_state(vec, saved["collect"])
+        return vec, None
+    env.reset(seed=seed)
+    return vec, seed
 
 
 def pretrain(run: Run, learner: Learner, done: Progress, replay, cfg: DreamerConfig, repeat: int):
@@ -343,15 +373,10 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         replay, rng = open_replay(run.dir, cfg.capacity, cfg.seed, state)
 
         # `num_envs` envs collect together (one batched policy call); evaluation runs in `env`.
-        # A fresh env seed after a resume: the interrupted envs' unfinished episodes are not in
-        # the replay and their states cannot be restored.
-        seed = cfg.seed + 1000 * replay.total_episodes
-        env.reset(seed=seed)
-        vec = make_vector(
-            cfg.env, cfg.num_envs, seed=seed, asynchronous=cfg.num_envs > 1, **env_options(cfg)
-        )
+        vec, seed = open_envs(cfg, env, state)
         run.closing(vec)
         collector = Collector(vec, replay, seed=seed)
+        envs = {"collect": vec, "eval": env}
         explore = random_policy(vec.action_space, rng=rng)  # the prefill's uniform actions
         policy = DreamerPolicy(model, ac, run.device, cfg.num_envs)
         eval_policy = DreamerPolicy(model, ac, run.device)
@@ -363,14 +388,14 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             while replay.total_steps < cfg.prefill:  # in whole episodes
                 returns += [e.ret for e in collector.run(explore, episodes=1)]
                 if run.stopping:  # the prefill continues from the saved episodes
-                    save(run, learner, done, replay, rng, repeat)
+                    save(run, learner, done, replay, rng, repeat, envs)
                     run.stop_point()
             run.log(replay.total_steps * repeat, {"prefill/return": float(np.mean(returns))})
             run.advance(replay.total_steps * repeat)
         if not done.pretrained:
             run.phase("pretrain")
             pretrain(run, learner, done, replay, cfg, repeat)
-            save(run, learner, done, replay, rng, repeat)
+            save(run, learner, done, replay, rng, repeat, envs)
             run.stop_point()
 
         # Policy step k (counted over all envs from the replay's committed steps on) is followed
@@ -387,8 +412,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             learner.train(replay, due)
             meter.add(collector.steps - before, due)
             if not finished:
-                if run.stopping:  # mid-episode: the weights are saved, the unfinished episode not
-                    save(run, learner, done, replay, rng, repeat)
+                if run.stopping:  # mid-episode: the weights are saved, the unfinished episode
+                    # not (the resumed run starts a new one, so it is not the unstopped run's)
+                    save(run, learner, done, replay, rng, repeat, envs)
                     run.stop_point()
                 continue
             step = replay.total_steps * repeat
@@ -406,7 +432,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             if (cfg.gif_every and done.episodes % cfg.gif_every < len(finished)) or end:
                 openloop_gif(run, model, replay, cfg, step)
             if since_checkpoint >= cfg.checkpoint_every or end or run.stopping:
-                save(run, learner, done, replay, rng, repeat)
+                save(run, learner, done, replay, rng, repeat, envs)
                 since_checkpoint = 0
             run.advance(step, ret=f"{train_return:.1f}", updates=int(ac.updates))
             run.stop_point()
@@ -419,7 +445,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             done.last_eval = replay.total_steps
             run.log(replay.total_steps * repeat, {"eval/return": done.eval_return})
             openloop_gif(run, model, replay, cfg, replay.total_steps * repeat)
-            save(run, learner, done, replay, rng, repeat)
+            save(run, learner, done, replay, rng, repeat, envs)
     return {
         "episodes": done.episodes,
         "replay_episodes": replay.total_episodes,

@@ -22,7 +22,13 @@ import torch
 
 from wmrl.envs.registry import env_options, make
 from wmrl.envs.replay import open_replay, replay_checkpoint
-from wmrl.envs.rollout import env_action_repeat, random_policy, run_episode
+from wmrl.envs.rollout import (
+    env_action_repeat,
+    env_rng_state,
+    random_policy,
+    run_episode,
+    set_env_rng_state,
+)
 from wmrl.infra import CHECKPOINT_FILE, Every, MeanMetrics, Run, load_checkpoint, load_config
 from wmrl.infra.config import at_least
 from wmrl.planners.cem import CEMConfig, Planner
@@ -109,9 +115,10 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
             if "rng" not in state:  # checkpoints written before every RNG's state was saved
                 torch.set_rng_state(state["torch_rng"].cpu())
         replay, rng = open_replay(run.dir, cfg.capacity, cfg.seed, state)
-        # A fresh env seed after a resume: the interrupted env's state cannot be restored.
-        env.reset(seed=cfg.seed + 1000 * done)
-        env.action_space.seed(cfg.seed + 1000 * done)
+        if state is not None and "env_rng" in state:  # the episodes the run would have met
+            set_env_rng_state(env, state["env_rng"])
+        else:  # a new run (or an older checkpoint without the env's generator)
+            env.reset(seed=cfg.seed + 1000 * done)
         planner = Planner(model, action_dim, cfg.cem, device=run.device)
         run.begin(replay.total_steps * repeat, total=cfg.episodes, initial=done, unit="episode")
 
@@ -121,7 +128,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
             while replay.total_episodes < cfg.seed_episodes:
                 returns.append(run_episode(env, explore, replay)[0])
             run.log(replay.total_steps * repeat, {"seed/return": float(np.mean(returns))})
-            save(run, learner, replay, rng, repeat, done, eval_return)
+            save(run, learner, replay, rng, env, done, eval_return)
 
         every_eval = Every(cfg.eval_every, start=done)
         every_gif = Every(cfg.gif_every, start=done)
@@ -155,7 +162,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
                                          cfg.openloop_context, cfg.openloop_horizon)  # fmt: skip
                 run.video(step, "openloop", frames)
             if every_checkpoint(done) or end or run.stopping:
-                save(run, learner, replay, rng, repeat, done, eval_return)
+                save(run, learner, replay, rng, env, done, eval_return)
             run.advance(done, ret=f"{train_return:.1f}", step=step)
             run.stop_point()
     return {
@@ -222,15 +229,18 @@ class Learner:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def save(run: Run, learner: Learner, replay, rng, repeat: int, episodes: int, eval_return) -> None:
+def save(run: Run, learner: Learner, replay, rng, env, episodes: int, eval_return) -> None:
     """The run's checkpoint: weights and optimizer, planner episodes done, env steps, the last
-    eval return, and what `open_replay` needs to reopen the replay where it stood."""
+    eval return, what `open_replay` needs to reopen the replay where it stood, and the env's
+    generator that draws its next episodes (checkpoints come between episodes, so a resumed
+    run meets the episodes the run would have met had it never stopped)."""
     run.checkpoint({
         **learner.state_dict(),
         "episodes": episodes,
-        "env_steps": replay.total_steps * repeat,
+        "env_steps": replay.total_steps * env_action_repeat(env),
         "eval_return": eval_return,
         **replay_checkpoint(replay, rng),
+        "env_rng": env_rng_state(env),
     })  # fmt: skip
 
 

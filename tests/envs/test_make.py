@@ -11,7 +11,8 @@ from gymnasium.utils.env_checker import check_env
 
 from wmrl import envs
 from wmrl.envs.dmc import PLANET_ACTION_REPEAT
-from wmrl.envs.registry import DMC_TASKS, UnknownEnvError
+from wmrl.envs.registry import DMC_TASKS, UnknownEnvError, make_vector
+from wmrl.envs.rollout import env_rng_state, set_env_rng_state
 from wmrl.envs.wrappers import resize_frame
 
 
@@ -197,3 +198,27 @@ def test_vector_envs_step_together():
     obs, reward, *_ = vec.step(np.zeros((2, 1), np.float32))  # NEXT_STEP auto-reset
     np.testing.assert_array_equal(reward, 0.0)
     vec.close()
+
+
+@pytest.mark.parametrize("env_id", ["dmc:cartpole-swingup", "gym:Pendulum-v1"])
+def test_the_saved_generators_bring_back_the_next_episodes(env_id):
+    """`env_rng_state` at an episode boundary, put back into a new env, gives the episode starts
+    the first env went on to; the count of generators must match."""
+    options = {"obs_type": "state"} if env_id.startswith("dmc:") else {}
+    env = envs.make(env_id, seed=3, **options)
+    saved = env_rng_state(env)
+    starts = [env.reset()[0] for _ in range(3)]
+    assert not np.array_equal(starts[0], starts[1])
+    other = envs.make(env_id, seed=99, **options)
+    set_env_rng_state(other, saved)
+    for start in starts:
+        np.testing.assert_array_equal(other.reset()[0], start)
+
+    vec = make_vector(env_id, 2, seed=5, asynchronous=False, **options)
+    saved = env_rng_state(vec)
+    first = vec.reset()[0]
+    vec2 = make_vector(env_id, 2, seed=7, asynchronous=False, **options)
+    set_env_rng_state(vec2, saved)
+    np.testing.assert_array_equal(vec2.reset()[0], first)
+    with pytest.raises(ValueError, match="saved env generators are 1, the env has 2"):
+        set_env_rng_state(vec2, saved[:1])
