@@ -57,6 +57,12 @@ class Collector:
             for i in range(self.num_envs):
                 replay.add_reset(self.obs[i], worker=i)
 
+    @property
+    def between_episodes(self) -> bool:
+        """Every env's episode has just ended: nothing is half-collected, so a checkpoint taken
+        now, with the envs' generators, resumes exactly."""
+        return bool(self._resetting.all())
+
     def run(
         self,
         policy: Policy,

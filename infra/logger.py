@@ -89,6 +89,18 @@ class Logger:
             purge = None if resume_step is None else resume_step + 1
             self._writer = SummaryWriter(str(self.run_dir), purge_step=purge, flush_secs=30)
 
+    def drop(self, prefix: str, after: int) -> None:
+        """Drop the rows of `metrics.jsonl` with a name under `prefix` (e.g. "vae/") logged after
+        step `after`: a pipeline's stage resumed from its checkpoint at `after` logs them again,
+        on its own step axis. (TensorBoard keeps its events: it has no way to drop one tag's.)"""
+        self._metrics.flush()
+        rows = read_metrics(self.run_dir)
+        kept = [r for r in rows if r["step"] <= after or not any(k.startswith(prefix) for k in r)]
+        if len(kept) < len(rows):
+            self._metrics.close()
+            atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+            self._metrics = open(self.metrics_path, "a")  # noqa: SIM115 (closed in close())
+
     def log(self, step: int, scalars: Mapping[str, float]) -> None:
         """One row of scalars at `step` (numbers, 0-d arrays or 0-d tensors)."""
         row = {"step": int(step)}

@@ -36,7 +36,7 @@ import torch
 from wmrl.envs.collect import Collector
 from wmrl.envs.registry import env_options, make_vector
 from wmrl.envs.replay import EpisodeReplay, iter_episodes, read_episode
-from wmrl.envs.rollout import random_policy
+from wmrl.envs.rollout import env_rng_state, random_policy, set_env_rng_state
 from wmrl.infra import (
     Every,
     Logger,
@@ -164,8 +164,9 @@ def train_worldmodels(cfg: WorldModelsConfig, resume: bool = False) -> dict:
         todo = [s for s in STAGES if s in cfg.stages and s not in done]
         check_inputs(todo, done)
         run.save_config()  # on resume too: a larger budget is the run's config from now on
-        # Stages log on separate step axes (env steps, updates, generations), so a resume
-        # appends rows and drops none (`Run.begin` would drop those after one step).
+        # Stages log on separate step axes (env steps, updates, generations): each stage drops
+        # the rows of its own it logged after its checkpoint (`Run.begin` would drop every
+        # stage's rows after one step).
         run.logger = Logger(run.dir, tensorboard=run.tensorboard)
         for stage in todo:
             seed_everything(cfg.seed + 1000 * STAGES.index(stage))
@@ -237,32 +238,46 @@ def resume_training(path: Path, cfg, stage: str, device, model, optimizer) -> di
 ROLLOUT_RING_ROWS = 5000  # rows held in memory while collecting (every episode goes to disk)
 
 
-def brownian_policy(action_space, seed: int | None = None, dt: float = 1 / 50):
+class BrownianPolicy:
     """Random actions that drift: a_t = clip(a_(t-1) + sqrt(dt) N(0, I)), from a uniform start
     (ctallec/world-models' `sample_continuous_policy`; CarRacing then drives for a while
-    instead of jittering in place). Batched: observations (N, ...) -> actions (N, A)."""
-    rng = np.random.default_rng(seed)
-    low, high = action_space.low, action_space.high
-    action = rng.uniform(low, high)
+    instead of jittering in place). Batched: observations (N, ...) -> actions (N, A). Its state
+    is `action` (the last actions) and `rng`, which a checkpoint saves."""
 
-    def act(obs: np.ndarray) -> np.ndarray:
-        nonlocal action
-        action = np.clip(action + np.sqrt(dt) * rng.standard_normal(action.shape), low, high)
-        return action.astype(action_space.dtype)
+    def __init__(self, action_space, rng: np.random.Generator, dt: float = 1 / 50):
+        self.space, self.rng, self.dt = action_space, rng, dt
+        self.action = rng.uniform(action_space.low, action_space.high)
 
-    return act
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        step = np.sqrt(self.dt) * self.rng.standard_normal(self.action.shape)
+        self.action = np.clip(self.action + step, self.space.low, self.space.high)
+        return self.action.astype(self.space.dtype)
+
+
+def brownian_policy(action_space, seed: int | None = None, dt: float = 1 / 50) -> BrownianPolicy:
+    """A `BrownianPolicy` drawing from a new generator seeded with `seed`."""
+    return BrownianPolicy(action_space, np.random.default_rng(seed), dt)
 
 
 def stage_collect(cfg: WorldModelsConfig, run: Run) -> dict:
     """`cfg.rollouts` random-action episodes (`collect_policy`) in rollouts/, one replay file
-    each, written as it ends; an interrupted collect stage goes on from the files there.
-    Returns the episodes and env steps stored and the mean return of those collected now."""
-    directory = run.dir / ROLLOUT_DIR
-    if directory.is_dir():
+    each, written as it ends. Whenever every env's episode has ended, collect.pt saves how many
+    there are and every generator, so an interrupted collect stage goes on from there as if it
+    had never stopped (files of episodes after it are set aside). Returns the episodes and env
+    steps stored and the mean return of the episodes (of those collected now, for a run from
+    before collect.pt)."""
+    directory, path = run.dir / ROLLOUT_DIR, run.dir / "collect.pt"
+    state = _load(path, cfg, "collect") if path.exists() else None
+    if state is not None:
+        replay = EpisodeReplay.load(directory, ROLLOUT_RING_ROWS, max_episodes=state["episodes"])
+    elif directory.is_dir() and any(directory.glob("*.npz")):  # a run from before collect.pt
         replay = EpisodeReplay.load(directory, ROLLOUT_RING_ROWS)
     else:
         replay = EpisodeReplay(ROLLOUT_RING_ROWS, directory=directory)
-    returns = collect(cfg, run, replay) if replay.total_episodes < cfg.rollouts else []
+    run.logger.drop("collect/", after=replay.total_steps)  # logged again from here
+    returns = list(state.get("returns", [])) if state is not None else []
+    if replay.total_episodes < cfg.rollouts:
+        returns += collect(cfg, run, replay, state, returns)
     return {
         "episodes": replay.total_episodes,
         "steps": replay.total_steps,
@@ -270,23 +285,44 @@ def stage_collect(cfg: WorldModelsConfig, run: Run) -> dict:
     }
 
 
-def collect(cfg: WorldModelsConfig, run: Run, replay: EpisodeReplay) -> list[float]:
+def collect(cfg: WorldModelsConfig, run: Run, replay: EpisodeReplay, state=None,
+            before: list[float] = ()) -> list[float]:  # fmt: skip
     """Episodes into `replay` until it holds `cfg.rollouts`, each logged (collect/return,
-    collect/length) at the env step it ended; returns their returns."""
-    seed = cfg.seed + 1000 * replay.total_episodes  # fresh seeds after a resume
-    n = min(cfg.num_envs, cfg.rollouts - replay.total_episodes)
-    vec = make_vector(cfg.env, n, seed=seed, **env_options(cfg))
-    returns, step = [], replay.total_steps
+    collect/length) at the env step it ended, from collect.pt's `state` if given (`before`:
+    the returns it holds); returns the returns of the episodes collected now."""
+    seed = cfg.seed + 1000 * replay.total_episodes  # (fresh seeds for a run without collect.pt)
+    vec = make_vector(cfg.env, min(cfg.num_envs, cfg.rollouts), seed=seed, **env_options(cfg))
+    rng = np.random.default_rng(seed)
+    returns, step, path = [], replay.total_steps, run.dir / "collect.pt"
     try:
-        collector = Collector(vec, replay, seed=seed)
-        make_policy = random_policy if cfg.collect_policy == "uniform" else brownian_policy
-        policy = make_policy(vec.action_space, seed=seed)
+        if cfg.collect_policy == "uniform":
+            policy = random_policy(vec.action_space, rng=rng)
+        else:
+            policy = BrownianPolicy(vec.action_space, rng)
+        if state is not None and len(state["env_rng"]) == vec.num_envs:
+            set_env_rng_state(vec, state["env_rng"])
+            rng.bit_generator.state = state["action_rng"]
+            if state.get("action") is not None:
+                policy.action = np.asarray(state["action"])
+
+        def save() -> None:  # before a reset: the envs' next episodes are drawn after it
+            run.checkpoint({"episodes": replay.total_episodes, "returns": [*before, *returns],
+                            "env_rng": env_rng_state(vec),
+                            "action_rng": rng.bit_generator.state,
+                            "action": getattr(policy, "action", np.array(None)).tolist()},
+                           path)  # fmt: skip
+
+        save()
+        # No seed: make_vector seeded the envs, or their saved generators were put back.
+        collector = Collector(vec, replay)
         with stage_progress(run, "collect", cfg.rollouts, replay.total_episodes, "episode"):
             while replay.total_episodes < cfg.rollouts:
                 for stats in collector.run(policy, episodes=1):
                     step += stats.length
                     returns.append(stats.ret)
                     run.log(step, {"collect/return": stats.ret, "collect/length": stats.length})
+                if collector.between_episodes:
+                    save()
                 run.advance(replay.total_episodes)
                 run.stop_point()  # the finished episodes are on disk already
     finally:
@@ -346,6 +382,7 @@ def stage_vae(cfg: WorldModelsConfig, run: Run) -> dict:
     total = max(len(frames) // cfg.vae.batch_size, 1) * cfg.vae.epochs
     if path.exists():  # an interrupted vae stage
         step = int(resume_training(path, cfg, "vae", run.device, vae, optimizer)["step"])
+    run.logger.drop("vae/", after=step)  # rows an interrupted vae stage logged after it
     every_log = Every(cfg.log_every, start=step)
     every_checkpoint = Every(cfg.checkpoint_every, start=step)
     metrics, last = MeanMetrics(), {}
@@ -496,6 +533,7 @@ def stage_mdnrnn(cfg: WorldModelsConfig, run: Run) -> dict:
     if path.exists():  # an interrupted mdnrnn stage
         state = resume_training(path, cfg, "mdnrnn", run.device, model, optimizer)
         step, rng.bit_generator.state = int(state["step"]), state["numpy_rng"]
+    run.logger.drop("mdnrnn/", after=step)  # rows an interrupted mdnrnn stage logged after it
     every_log = Every(cfg.log_every, start=step)
     every_checkpoint = Every(cfg.checkpoint_every, start=step)
     metrics, last = MeanMetrics(), {}
@@ -596,6 +634,7 @@ def stage_controller(cfg: WorldModelsConfig, run: Run) -> dict:
     real_spec = dataclasses.replace(spec, mode="real", patience=None)
     path = run.dir / "controller.pt"
     search, eval_return = open_search(cfg, spec, path)
+    run.logger.drop("controller/", after=search.generation)
     every_eval = Every(c.eval_every, start=search.generation)
     every_checkpoint = Every(c.checkpoint_every, start=search.generation)
     with (

@@ -77,3 +77,17 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA device; use --device cpu"):
             resolve_device("cuda")
+
+
+def test_drop_removes_one_stages_rows_after_its_checkpoint_and_keeps_the_rest(tmp_path):
+    with Logger(tmp_path, tensorboard=False) as logger:
+        logger.log(150, {"collect/return": 1.0})
+        logger.log(300, {"collect/return": 2.0})
+        for step in (10, 20, 30):
+            logger.log(step, {"vae/loss": float(step)})
+        logger.drop("vae/", after=10)  # the vae stage resumes from its checkpoint at 10
+        logger.log(20, {"vae/loss": 21.0})
+    rows = read_metrics(tmp_path)
+    assert [(r["step"], *r.values()) for r in rows] == [
+        (150, 150, 1.0), (300, 300, 2.0), (10, 10, 10.0), (20, 20, 21.0)
+    ]  # fmt: skip
