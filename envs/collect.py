@@ -165,8 +165,10 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
         if state is None:
             replay, returns = EpisodeReplay(cfg.capacity, directory=run.dir / "replay"), []
         else:
-            replay = EpisodeReplay.load(run.dir / "replay", cfg.capacity,
-                                        max_episodes=state["episodes"])  # fmt: skip
+            replay = EpisodeReplay.load(
+                run.dir / "replay", cfg.capacity, max_episodes=state["episodes"],
+                next_index=state.get("next_index"), repair=True,
+            )  # fmt: skip
             returns = list(state["returns"])
         done = replay.total_episodes
         seed = cfg.seed + 1000 * done
@@ -193,7 +195,8 @@ def run_collect(cfg: CollectConfig, resume: bool = False) -> dict:
                 run.log(step, {"collect/return": stats.ret, "collect/length": stats.length})
             done = replay.total_episodes
             if every_checkpoint(done) or done >= cfg.episodes or run.stopping:
-                run.checkpoint({"episodes": done, "returns": returns, "env_rng": env_rng_state(vec),
+                run.checkpoint({"episodes": done, "next_index": replay.next_index,
+                                "returns": returns, "env_rng": env_rng_state(vec),
                                 "action_rng": rng.bit_generator.state})  # fmt: skip
             run.advance(done)
             run.stop_point()

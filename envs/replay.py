@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import warnings
 import zipfile
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -37,6 +38,10 @@ _FILE = re.compile(r"^(\d{8,})-(\d+)\.npz$")
 
 class ReplayFileError(ValueError):
     """A replay file is corrupt, unreadable or inconsistent with its name."""
+
+
+class ReplayRepairWarning(UserWarning):
+    """A replay was loaded without a file it could not read (moved aside) or was missing."""
 
 
 def validate_episode(episode: Mapping) -> dict[str, np.ndarray]:
@@ -303,27 +308,40 @@ class EpisodeReplay:
         capacity: int,
         seed: int | None = None,
         max_episodes: int | None = None,
+        next_index: int | None = None,
+        repair: bool = False,
     ) -> EpisodeReplay:
         """Rebuild a replay from the npz files in `directory`, in index order.
 
-        Only the first `max_episodes` files are used when given (to match a checkpoint); later
-        files belong to a future the resumed run will redo, so they are moved (not deleted) to
-        `directory/superseded/<n>/`. Files whose rows would be overwritten anyway are counted
-        (total_steps, total_episodes) but not read. New episodes keep being written to
-        `directory`, numbered on from the last file loaded.
+        To match a checkpoint, only the files numbered below `next_index`, else the first
+        `max_episodes` files, are used; later files belong to a future the resumed run will
+        redo, so they are moved (not deleted) to `directory/superseded/<n>/`. Files whose rows
+        would be overwritten anyway are counted (total_steps, total_episodes) but not read. New
+        episodes keep being written to `directory`, numbered on from the last file loaded.
+
+        A file that cannot be read (truncated, corrupt, not what its name says) raises
+        ReplayFileError, unless `repair`: then it is moved to `directory/corrupt/` with a
+        warning and counted as if its rows had been overwritten, so the replay's counts still
+        match the checkpoint and only that episode's data is lost. Fewer files than
+        `max_episodes` (some were removed) load with a warning under `repair` too.
         """
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"replay directory {directory} does not exist")
         files = sorted(_episode_files(directory).items())
         later = []
-        if max_episodes is not None:
-            if max_episodes > len(files):
-                raise ValueError(
-                    f"max_episodes={max_episodes} but {directory} holds only "
-                    f"{len(files)} episode files; the replay does not match"
-                )
+        if next_index is not None:
+            later = [f for f in files if f[0] >= next_index]
+            files = [f for f in files if f[0] < next_index]
+        elif max_episodes is not None:
             files, later = files[:max_episodes], files[max_episodes:]
+        if max_episodes is not None and max_episodes > len(files):
+            message = (f"the checkpoint counts {max_episodes} episodes but {directory} holds "
+                       f"{len(files)} of them")  # fmt: skip
+            if not repair:
+                raise ReplayFileError(f"{message}; load with repair=True to go on with those")
+            warnings.warn(f"{message}: going on with those (the run collects the missing "
+                          "steps again)", ReplayRepairWarning, stacklevel=2)  # fmt: skip
         replay = cls(capacity, directory=None, seed=seed)
         keep, rows = len(files), 0  # files[keep:] hold the rows the ring ends up with
         while keep > 0 and rows < replay.capacity:
@@ -334,11 +352,23 @@ class EpisodeReplay:
             replay._total_steps += T
             replay._total_episodes += 1
         for index, (T, path) in files[keep:]:
-            ep = _read_npz(path, T)
             try:
-                replay._check_spec(ep)
-            except ValueError as e:
-                raise ReplayFileError(f"{path}: {e}") from e
+                ep = _read_npz(path, T)
+                try:
+                    replay._check_spec(ep)
+                except ValueError as e:
+                    raise ReplayFileError(f"{path}: {e}") from e
+            except ReplayFileError as e:
+                if not repair:
+                    raise ReplayFileError(f"{e}; load with repair=True to set it aside") from e
+                aside = directory / "corrupt"
+                aside.mkdir(exist_ok=True)
+                os.replace(path, aside / path.name)
+                warnings.warn(f"{e}: moved it to {aside} and going on without its {T} steps",
+                              ReplayRepairWarning, stacklevel=2)  # fmt: skip
+                replay._total_steps += T  # counted, as an evicted episode is
+                replay._total_episodes += 1
+                continue
             replay._insert(ep, index)
         if later:  # only once the kept files loaded fine
             n = 0
@@ -350,6 +380,12 @@ class EpisodeReplay:
         replay.directory = directory
         replay._next_index = files[-1][0] + 1 if files else 0
         return replay
+
+    @property
+    def next_index(self) -> int:
+        """The number the next committed episode's file gets (a checkpoint saves it, so that a
+        resume keeps exactly the files written before it)."""
+        return self._next_index
 
 
 def read_episode(directory: str | Path, index: int = -1) -> dict[str, np.ndarray]:
@@ -415,8 +451,7 @@ def _read_npz(path: Path, T: int) -> dict[str, np.ndarray]:
             ep = validate_episode({k: f[k] for k in KEYS})
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ReplayFileError(
-            f"cannot read replay episode {path}: {e}; the file is corrupt or "
-            "truncated, move it (and later ones) out of the directory"
+            f"cannot read replay episode {path} (corrupt or truncated): {e}"
         ) from e
     if len(ep["actions"]) != T:
         raise ReplayFileError(f"{path} holds {len(ep['actions'])} steps, its name says {T}")
@@ -427,13 +462,16 @@ def open_replay(run_dir: Path, capacity: int, seed: int, state: dict | None = No
     """The replay and NumPy generator of an online run (PlaNet, Dreamer): fresh ones seeded with
     `seed`, or, given the checkpoint `state` of a resumed run, the episodes on disk up to the
     checkpoint (later ones are dropped), its sampler and the generator as they were saved, so
-    that the resumed run draws the batches the saved one would have. Returns (replay, rng)."""
+    that the resumed run draws the batches the saved one would have. A file that cannot be read
+    is set aside with a warning and the run goes on without its episode (`EpisodeReplay.load`'s
+    `repair`). Returns (replay, rng)."""
     directory = Path(run_dir) / "replay"
     if state is None:
         return EpisodeReplay(capacity, directory=directory, seed=seed), np.random.default_rng(seed)
     episodes = int(state["replay_episodes"])
     replay = EpisodeReplay.load(directory, capacity, seed=seed + 1000 * (episodes + 1),
-                                max_episodes=episodes)  # fmt: skip
+                                max_episodes=episodes, next_index=state.get("replay_next_index"),
+                                repair=True)  # fmt: skip
     if "sampler_rng" in state:  # (older checkpoints: the sampler seeded afresh, above)
         replay._rng.bit_generator.state = state["sampler_rng"]
     rng = np.random.default_rng()
@@ -447,6 +485,7 @@ def replay_checkpoint(replay, rng: np.random.Generator) -> dict:
     `infra.run.Run.checkpoint`'s)."""
     return {
         "replay_episodes": replay.total_episodes,
+        "replay_next_index": replay.next_index,
         "sampler_rng": replay._rng.bit_generator.state,
         "numpy_rng": rng.bit_generator.state,
     }

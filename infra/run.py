@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -303,11 +304,28 @@ def run_main(train, cls, presets=None, description=None, argv=None, show=None):
 USER_ERRORS = (ValueError, OSError, FloatingPointError)  # OSError: disk full, permissions, ...
 
 
+_python_showwarning = warnings.showwarning
+_TOOLKIT_ROOT = str(Path(__file__).resolve().parents[1])  # the folder above infra/
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings from the toolkit's own modules as `<script>: warning: <message>`; others as
+    Python shows them."""
+    if str(Path(filename).resolve()).startswith(_TOOLKIT_ROOT):
+        print(f"{Path(sys.argv[0]).name}: warning: {message}", file=file or sys.stderr)
+        return
+    _python_showwarning(message, category, filename, lineno, file, line)
+
+
 def command(main, argv=None):
     """Run a script's `main(argv)` as a command: an error a user can act on (the classes of
     `USER_ERRORS`, or any error class the toolkit defines) ends the process with one line,
     `<script>: error: <message>`, and exit code 2 (1 for a non-finite loss), no traceback;
-    `WMRL_TRACEBACK=1` shows the traceback instead. Returns what `main` returns."""
+    `WMRL_TRACEBACK=1` shows the traceback instead. The toolkit's warnings print as one line
+    too, `<script>: warning: <message>` (with `WMRL_TRACEBACK=1`, Python's usual two, which
+    say where). Returns what `main` returns."""
+    if not os.environ.get("WMRL_TRACEBACK"):
+        warnings.showwarning = _one_line_warning
     try:
         return main(argv)
     except Exception as exc:

@@ -269,7 +269,8 @@ def stage_collect(cfg: WorldModelsConfig, run: Run) -> dict:
     directory, path = run.dir / ROLLOUT_DIR, run.dir / "collect.pt"
     state = _load(path, cfg, "collect") if path.exists() else None
     if state is not None:
-        replay = EpisodeReplay.load(directory, ROLLOUT_RING_ROWS, max_episodes=state["episodes"])
+        replay = EpisodeReplay.load(directory, ROLLOUT_RING_ROWS, max_episodes=state["episodes"],
+                                    next_index=state["next_index"], repair=True)  # fmt: skip
     elif directory.is_dir() and any(directory.glob("*.npz")):  # a run from before collect.pt
         replay = EpisodeReplay.load(directory, ROLLOUT_RING_ROWS)
     else:
@@ -306,7 +307,8 @@ def collect(cfg: WorldModelsConfig, run: Run, replay: EpisodeReplay, state=None,
                 policy.action = np.asarray(state["action"])
 
         def save() -> None:  # before a reset: the envs' next episodes are drawn after it
-            run.checkpoint({"episodes": replay.total_episodes, "returns": [*before, *returns],
+            run.checkpoint({"episodes": replay.total_episodes, "next_index": replay.next_index,
+                            "returns": [*before, *returns],
                             "env_rng": env_rng_state(vec),
                             "action_rng": rng.bit_generator.state,
                             "action": getattr(policy, "action", np.array(None)).tolist()},

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from wmrl.envs.replay import EpisodeReplay, ReplayFileError
+from wmrl.envs.replay import EpisodeReplay, ReplayFileError, ReplayRepairWarning
 
 
 def episode(eid, T, terminated=False, pixels=False):
@@ -208,7 +208,7 @@ def test_load_max_episodes_matches_a_checkpoint(tmp_path):
     again = EpisodeReplay.load(tmp_path, 100)  # the superseded files 3 and 4 are set aside
     assert [len(e["actions"]) for e in again.episodes()] == [4, 6, 3, 2]
     assert len(list((tmp_path / "superseded").rglob("*.npz"))) == 2
-    with pytest.raises(ValueError, match="max_episodes=9"):
+    with pytest.raises(ReplayFileError, match="counts 9 episodes but .* holds 4 of them"):
         EpisodeReplay.load(tmp_path, 100, max_episodes=9)
 
 
@@ -217,8 +217,34 @@ def test_truncated_npz_names_the_file(tmp_path):
     path = tmp_path / "00000001-6.npz"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ReplayFileError, match="00000001-6.npz"):
+    with pytest.raises(ReplayFileError, match="00000001-6.npz.*repair=True"):
         EpisodeReplay.load(tmp_path, 100)
+
+
+def test_repair_sets_a_corrupt_file_aside_and_keeps_the_counts_of_the_checkpoint(tmp_path):
+    """The way out of a corrupt file: it moves to corrupt/, its steps still count (the run's
+    budget and the checkpoint agree), the other episodes load, and new ones number on."""
+    fill(EpisodeReplay(100, directory=tmp_path), [4, 6, 3, 5])
+    path = tmp_path / "00000001-6.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(ReplayRepairWarning, match="00000001-6.npz.*without its 6 steps"):
+        replay = EpisodeReplay.load(tmp_path, 100, max_episodes=3, next_index=3, repair=True)
+    assert (replay.total_episodes, replay.total_steps) == (3, 4 + 6 + 3)
+    assert [len(e["actions"]) for e in replay.episodes()] == [4, 3]
+    assert (tmp_path / "corrupt" / "00000001-6.npz").exists()
+    assert len(list((tmp_path / "superseded").rglob("*.npz"))) == 1  # after the checkpoint
+    replay.add_episode(episode(5, 2))
+    assert (tmp_path / "00000003-2.npz").exists()
+    again = EpisodeReplay.load(tmp_path, 100, max_episodes=3, next_index=4, repair=True)
+    assert [len(e["actions"]) for e in again.episodes()] == [4, 3, 2]
+
+
+def test_repair_goes_on_with_fewer_files_than_the_checkpoint_counts(tmp_path):
+    fill(EpisodeReplay(100, directory=tmp_path), [4, 6, 3])
+    (tmp_path / "00000002-3.npz").unlink()
+    with pytest.warns(ReplayRepairWarning, match="counts 3 episodes but .* holds 2"):
+        replay = EpisodeReplay.load(tmp_path, 100, max_episodes=3, next_index=3, repair=True)
+    assert (replay.total_episodes, replay.next_index) == (2, 2)
 
 
 def test_new_replay_refuses_a_directory_with_episodes(tmp_path):

@@ -6,6 +6,8 @@ import math
 import os
 import random
 import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -136,6 +138,29 @@ def test_a_script_stopped_by_a_signal_prints_one_line_and_exits_with_its_code(ca
         run_main(stopped, Cfg, argv=["--logdir", "x"])
     assert exit_.value.code == 128 + signal.SIGTERM
     assert capsys.readouterr().err == "stopped on SIGTERM: saved a checkpoint in X\n"
+
+
+def test_a_command_shows_the_toolkits_warnings_as_one_line(tmp_path):
+    """A warning from the toolkit's code: `<script>: warning: <message>`; anyone else's as
+    Python shows it (file and line). In a process of its own: pytest records warnings."""
+    code = (
+        "import sys, warnings\n"
+        "from wmrl.envs.replay import ReplayRepairWarning, open_replay\n"
+        "from wmrl.infra.run import command\n"
+        "sys.argv = ['train_x.py']\n"
+        "def main(argv):\n"
+        "    warnings.warn_explicit('moved a file aside', ReplayRepairWarning,\n"
+        "                           open_replay.__code__.co_filename, 1)\n"
+        "    warnings.warn_explicit('theirs', UserWarning, '/elsewhere/lib.py', 7)\n"
+        "    return 3\n"
+        "print(command(main))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "WMRL_TRACEBACK"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.stdout == "3\n"
+    err = done.stderr.splitlines()
+    assert err[0] == "train_x.py: warning: moved a file aside"
+    assert err[1] == "/elsewhere/lib.py:7: UserWarning: theirs"
 
 
 def test_a_resume_with_a_budget_below_the_run_is_refused_and_changes_nothing(tmp_path):

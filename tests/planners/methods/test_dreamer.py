@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from wmrl.envs.replay import EpisodeReplay
+from wmrl.envs.replay import EpisodeReplay, ReplayRepairWarning
 from wmrl.infra import CheckpointError, RunStopped, load_checkpoint, read_metrics
 from wmrl.planners.actor_critic import ActorCriticConfig
 from wmrl.planners.methods.dreamer import (
@@ -124,6 +124,23 @@ def test_resume_continues_with_the_same_replay(tmp_path):
 
     with pytest.raises(CheckpointError, match="env"):
         train_dreamer(tiny(run, env="dmc:pendulum-swingup", steps=4000), resume=True)
+
+
+def test_a_corrupt_replay_file_is_set_aside_and_the_resume_goes_on(tmp_path):
+    """The issue's way in: truncate one replay file of a saved run, then resume. The file moves
+    to replay/corrupt/ with a warning naming it; the run goes on without its episode and its
+    counts stay those of the checkpoint."""
+    run = tmp_path / "run"
+    train_dreamer(tiny(run))
+    path = run / "replay" / "00000001-125.npz"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.warns(ReplayRepairWarning, match="00000001-125.npz.*without its 125 steps"):
+        summary = train_dreamer(tiny(run, steps=3000), resume=True)
+    assert summary["env_steps"] == 3000 and summary["replay_episodes"] == 3
+    assert (run / "replay" / "corrupt" / "00000001-125.npz").exists()
+    assert sorted(p.name for p in (run / "replay").glob("*.npz")) == [
+        "00000000-125.npz", "00000002-125.npz"
+    ]  # fmt: skip
 
 
 def test_vectorised_collection_keeps_the_update_ratio(tmp_path):
