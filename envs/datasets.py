@@ -50,8 +50,10 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 class DatasetValueError(ValueError):
-    """A dataset whose values cannot be learned from (NaN or infinite observations, actions or
-    rewards); the message counts them and says where the first is."""
+    """A dataset whose values cannot be learned from or used as asked: NaN or infinite
+    observations, actions or rewards, actions outside the action space, an episode without a
+    transition, no episodes, no reference scores for a normalised score. The message names the
+    dataset, the field and the first bad place, and what to do."""
 
 
 class DatasetMismatchError(ValueError):
@@ -227,7 +229,7 @@ class OfflineDataset:
     def normalized_score(self, returns):
         """`returns` on the D4RL scale (0 random, 100 expert) with this dataset's references."""
         if self.ref_min_score is None or self.ref_max_score is None:
-            raise ValueError(
+            raise DatasetValueError(
                 f"dataset {self.dataset_id!r} carries no reference scores (ref_min_score="
                 f"{self.ref_min_score}, ref_max_score={self.ref_max_score}); rewrite it with "
                 "envs.write_dataset(..., ref_min_score, ref_max_score) or report raw returns"
@@ -235,8 +237,10 @@ class OfflineDataset:
         return normalized_score(returns, self.ref_min_score, self.ref_max_score)
 
     def transitions(self) -> dict[str, np.ndarray]:
-        """Flat transitions of all episodes, see `to_transitions`. Raises `DatasetValueError` if
-        an observation, action or reward is NaN or infinite: data no learning rate can fix."""
+        """Flat transitions of all episodes, see `to_transitions`. Raises `DatasetValueError`,
+        naming the field and the first bad transition (its episode and step), if an
+        observation, action or reward is NaN or infinite, or an action lies outside the action
+        space: data no learning rate can fix."""
         t = to_transitions(self.episodes)
         bad = {
             k: ~np.isfinite(t[k]).reshape(len(t[k]), -1).all(1)
@@ -248,10 +252,32 @@ class OfflineDataset:
             counts = ", ".join(f"{k} {int(v.sum())}" for k, v in bad.items() if v.any())
             raise DatasetValueError(
                 f"dataset {self.dataset_id!r}: {int(rows.sum())} of {len(rows)} transitions hold "
-                f"NaN or infinite values ({counts}; the first is transition "
-                f"{int(np.argmax(rows))}); fix or drop those episodes and write the dataset again"
+                f"NaN or infinite values ({counts}; the first is {self._where(rows)}); fix or "
+                "drop those episodes and write the dataset again"
             )
+        space = self.action_space
+        if isinstance(space, gym.spaces.Box):
+            low, high = space.low.astype(np.float64), space.high.astype(np.float64)
+            slack = 1e-6 * np.maximum(1.0, np.abs(np.stack([low, high])).max(0))  # float32
+            out = ((t["actions"] < low - slack) | (t["actions"] > high + slack)).any(1)
+            if out.any():
+                first = int(np.argmax(out))
+                raise DatasetValueError(
+                    f"dataset {self.dataset_id!r}: {int(out.sum())} of {len(out)} actions lie "
+                    f"outside the action space [{low.min():g}, {high.max():g}] (the first is "
+                    f"{self._where(out)}: {np.round(t['actions'][first], 4).tolist()}); clip "
+                    "them into the space (np.clip(actions, low, high)) and write the dataset "
+                    "again, or record it in an env whose action space holds them"
+                )
         return t
+
+    def _where(self, rows: np.ndarray) -> str:
+        """'transition i (episode e, step s)' for the first true entry of `rows`."""
+        first = int(np.argmax(rows))
+        ends = np.cumsum([len(ep["actions"]) for ep in self.episodes])
+        episode = int(np.searchsorted(ends, first, side="right"))
+        step = first - (int(ends[episode - 1]) if episode else 0)
+        return f"transition {first} (episode {episode}, step {step})"
 
     def recover_environment(self, **kwargs) -> gym.Env:
         """The environment the dataset was recorded in, rebuilt from its EnvSpec.
@@ -368,7 +394,14 @@ def _from_minari(mds) -> OfflineDataset:
         try:
             episodes.append(validate_episode(fields))
         except ValueError as e:
-            raise ValueError(f"dataset {dataset_id!r}, episode {i}: {e}") from e
+            raise DatasetValueError(
+                f"dataset {dataset_id!r}, episode {i}: {e}; fix or drop that episode and write "
+                "the dataset again"
+            ) from e
+    if not episodes:
+        raise DatasetValueError(
+            f"dataset {dataset_id!r} holds no episodes; write it again with at least one"
+        )
     meta = mds.storage.metadata
     refs = [meta.get(k) for k in ("ref_min_score", "ref_max_score")]
     return OfflineDataset(

@@ -33,6 +33,12 @@ def check_finite(metrics: dict[str, float], what: str, fix: str) -> None:
         raise FloatingPointError(f"{what} is not finite ({bad}); {fix}")
 
 
+def nonfinite_fix(data: str, settings: str, then: str) -> str:
+    """The advice a non-finite update's error gives: the likely causes in order, the data first
+    (no learning rate fixes bad data), then the settings, and `then`, how to go on."""
+    return f"likely causes, in order: {data}; then {settings}. {then}"
+
+
 class MeanMetrics:
     """The means of many updates' metrics, summed where they are (device tensors stay on the
     device, one stacked add per update) and brought to the host once, by `mean`, which is also

@@ -230,6 +230,14 @@ class Run:
         _save(self.checkpoint_path if path is None else path, full, meta=self.meta)
         self._saved_since_stop = self.stop_signal is not None
 
+    def resume_advice(self, change: str) -> str:
+        """How to go on after a non-finite update with `change` (e.g. "lower learning rates"):
+        from the last checkpoint (written before the update, so intact) if there is one."""
+        if self.checkpoint_path.exists():
+            return (f"The checkpoint in {self.dir} is from before it: resume from it (--resume) "
+                    f"with {change}")  # fmt: skip
+        return f"No checkpoint was written yet: start again with {change}"
+
     @property
     def stopping(self) -> bool:
         """A SIGINT or SIGTERM asked the run to stop: save a checkpoint, then `stop_point()`."""

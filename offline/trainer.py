@@ -29,6 +29,7 @@ from wmrl.envs.datasets import load_dataset
 from wmrl.envs.rollout import episode_returns, eval_env
 from wmrl.infra import Every, MeanMetrics, Run
 from wmrl.infra.config import at_least
+from wmrl.infra.metrics import nonfinite_fix
 from wmrl.offline.awac import AWAC, AWACConfig
 from wmrl.offline.bc import BC, BCConfig
 from wmrl.offline.common import (
@@ -162,12 +163,13 @@ def build(
     return algo, normalizer.to(device), buffer, scale
 
 
-def train_row(metrics: MeanMetrics, seconds: float, what: str) -> dict:
+def train_row(metrics: MeanMetrics, seconds: float, what: str, fix: str) -> dict:
     """train/<name>: each metric's mean over the updates that reported it since the last row
     (TD3+BC's and ReBRAC's delayed actor terms over their own updates), and
-    train/updates_per_s. Raises FloatingPointError naming `what` if a mean is not finite."""
+    train/updates_per_s. Raises FloatingPointError naming `what` and `fix` if a mean is not
+    finite."""
     updates = metrics.count
-    means = metrics.mean(what, "resume from the last checkpoint with lower learning rates")
+    means = metrics.mean(what, fix)
     row = {f"train/{k}": v for k, v in means.items()}
     row["train/updates_per_s"] = updates / seconds
     return row
@@ -207,7 +209,14 @@ def train_offline(cfg: OfflineConfig, resume: bool = False) -> dict:
             # Each counter is called on every update (before `or end`), so none skips a period.
             if every_log(step) or end:
                 what = f"{cfg.algo} in {run.dir} by update {step}"
-                row, t0 = train_row(metrics, time.perf_counter() - t0, what), time.perf_counter()
+                fix = nonfinite_fix(
+                    f"the data (dataset {dataset.dataset_id!r}: values far out of scale; "
+                    f"--{cfg.algo}.normalize-states, --{cfg.algo}.normalize-reward rescale them)",
+                    f"the settings (its learning rates --{cfg.algo}.*-lr, too high)",
+                    run.resume_advice("lower learning rates"),
+                )
+                row = train_row(metrics, time.perf_counter() - t0, what, fix)
+                t0 = time.perf_counter()
             if every_eval(step) or end:
                 returns = evaluate(env, algo, normalizer, cfg.eval_episodes, cfg.seed + 10_000)
                 row.update(score_row(returns, dataset))

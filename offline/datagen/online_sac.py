@@ -38,6 +38,7 @@ import torch
 from wmrl.envs.datasets import to_transitions
 from wmrl.envs.rollout import episode_returns
 from wmrl.infra import Every, MeanMetrics, Run
+from wmrl.infra.metrics import nonfinite_fix
 from wmrl.offline.common import (
     EnsembleCritic,
     OfflineAlgorithm,
@@ -277,7 +278,12 @@ def train_row(metrics: MeanMetrics, steps: int, seconds: float, what: str) -> di
     """train/<loss term>: each term's mean over the updates since the last row (none before
     SAC acts), and train/steps_per_s over the `steps` env steps of those `seconds`. Raises
     FloatingPointError naming `what` if a mean is not finite."""
-    means = metrics.mean(what, "resume from the last checkpoint with lower --sac.*_lr")
+    fix = nonfinite_fix(
+        "the env's data (observations or rewards not finite or far out of scale)",
+        "the settings (learning rates --sac.*-lr, too high)",
+        "The last checkpoint is from before it: resume from it with lower ones",
+    )
+    means = metrics.mean(what, fix)
     row = {f"train/{k}": v for k, v in means.items()}
     row["train/steps_per_s"] = steps / seconds
     return row

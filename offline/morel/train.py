@@ -75,6 +75,7 @@ import torch
 from wmrl.envs.datasets import load_dataset
 from wmrl.envs.rollout import episode_returns, eval_env
 from wmrl.infra import CheckpointError, Every, Logger, Run, check_finite, progress
+from wmrl.infra.metrics import nonfinite_fix
 from wmrl.offline.common import best_score, floats, score_row, symmetric_bound
 from wmrl.offline.morel.pmdp import PessimisticMDP, PessimisticModel
 from wmrl.planners.cem import CEMConfig, Planner
@@ -430,7 +431,10 @@ def iteration_row(metrics: dict[str, float], paths: dict, what: str) -> dict[str
             "halted_paths": halted.any(1).float().mean(),
         }
     )
-    fix = "resume from the last checkpoint with a smaller --npg.step_size"
+    fix = nonfinite_fix("the data (the dataset's values far out of scale, or a dynamics "
+                        "ensemble that diverged on them)", "the settings (the NPG step size "
+                        "--npg.step-size, too large)", "The last checkpoint is from before it: "
+                        "resume from it with a smaller --npg.step-size")  # fmt: skip
     check_finite(metrics, f"{what}: an NPG term", fix)
     row = {f"train/{'model_return' if k == 'return' else k}": v for k, v in metrics.items()}
     row.update({f"pmdp/{k}": v for k, v in pm.items()})

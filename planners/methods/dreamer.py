@@ -36,7 +36,7 @@ from wmrl.envs.rollout import (
 )
 from wmrl.infra.checkpoint import load_checkpoint
 from wmrl.infra.config import at_least, load_config
-from wmrl.infra.metrics import MeanMetrics
+from wmrl.infra.metrics import MeanMetrics, nonfinite_fix
 from wmrl.infra.run import Every, Run
 from wmrl.planners.actor_critic import ActorCritic, ActorCriticConfig
 from wmrl.planners.methods.runs import LoadedRun, openloop_frames
@@ -353,7 +353,7 @@ def pretrain(run: Run, learner: Learner, done: Progress, replay, cfg: DreamerCon
         seconds = (time.perf_counter() - start) / timed
         run.speed_notice("pixel DreamerV2", seconds, left, CPU_ADVICE)
     done.pretrain_updates += learner.train(replay, cfg.pretrain - done.pretrain_updates, stop)
-    learner.metrics.mean("the pretraining updates", FIX_NONFINITE)
+    learner.metrics.mean("the pretraining updates", fix_nonfinite(run, cfg))
     done.pretrained = done.pretrain_updates >= cfg.pretrain
 
 
@@ -421,7 +421,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             done.episodes += len(finished)
             since_checkpoint += len(finished)
             what = f"a Dreamer update between env steps {logged} and {step} in {run.dir}"
-            metrics = learner.metrics.mean(what, FIX_NONFINITE)
+            metrics = learner.metrics.mean(what, fix_nonfinite(run, cfg))
             row = episode_row(finished, metrics, learner, replay, meter)
             train_return, logged = row["train/return"], step
             end = step >= cfg.steps
@@ -463,8 +463,15 @@ PREFILL_USED_THE_BUDGET = (
 )
 CPU_ADVICE = ("--preset state learns from state observations on a CPU; pixels want a GPU "
               "(--device cuda)")  # fmt: skip
-FIX_NONFINITE = ("the checkpoint from before it is intact: resume from it with lower learning "
-                 "rates (--model.lr, --ac.actor-lr, --ac.critic-lr)")  # fmt: skip
+
+
+def fix_nonfinite(run: Run, cfg: DreamerConfig) -> str:
+    """What a non-finite update's error advises: the data first, then the settings."""
+    return nonfinite_fix(
+        f"the env's data ({cfg.env}: observations or rewards not finite or far out of scale)",
+        "the settings (learning rates --model.lr, --ac.actor-lr, --ac.critic-lr, too high)",
+        run.resume_advice("lower learning rates"),
+    )
 
 
 def meta(cfg: DreamerConfig, model: CategoricalRSSM) -> dict:

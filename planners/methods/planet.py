@@ -31,6 +31,7 @@ from wmrl.envs.rollout import (
 )
 from wmrl.infra import CHECKPOINT_FILE, Every, MeanMetrics, Run, load_checkpoint, load_config
 from wmrl.infra.config import at_least
+from wmrl.infra.metrics import nonfinite_fix
 from wmrl.planners.cem import CEMConfig, Planner
 from wmrl.planners.methods.runs import LoadedRun, openloop_frames
 from wmrl.worldmodels.nets import make_optimizer
@@ -106,7 +107,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
         model, env = build_model(cfg, run.device)
         run.closing(env)
         repeat, action_dim = env_action_repeat(env), int(np.prod(env.action_space.shape))
-        learner = Learner(model, cfg, run.device)
+        learner = Learner(model, cfg, run.device, run)
         state = run.restore(meta(cfg, model), budget=(cfg.episodes, "--episodes", "episodes"))
         done, eval_return = 0, None
         if state is not None:
@@ -195,10 +196,18 @@ class Learner:
     (B = `cfg.batch_size` sequences of L = `cfg.chunk_length` steps) and adds their metrics to
     `metrics`; `means` gives their means, which the loop logs once per episode."""
 
-    def __init__(self, model: RSSM, cfg: PlaNetConfig, device):
-        self.model, self.cfg, self.device = model, cfg, device
+    def __init__(self, model: RSSM, cfg: PlaNetConfig, device, run: Run | None = None):
+        self.model, self.cfg, self.device, self.run = model, cfg, device, run
         self.optimizer = make_optimizer(model)
         self.metrics = MeanMetrics()
+
+    def fix(self) -> str:
+        """What a non-finite update's error advises: the data first, then the settings."""
+        then = self.run.resume_advice("a lower --model.lr") if self.run else ""
+        return nonfinite_fix(
+            f"the env's data ({self.cfg.env}: observations or rewards not finite or far out of "
+            "scale)", "the settings (the learning rate --model.lr, too high)", then,
+        )  # fmt: skip
 
     def train(self, replay, before: str) -> None:
         """C updates; a non-finite one raises FloatingPointError naming the update, `before`
@@ -213,12 +222,12 @@ class Learner:
             except FloatingPointError as exc:
                 raise FloatingPointError(
                     f"PlaNet update {update + 1}/{self.cfg.train_steps} before {before}: {exc}; "
-                    "resume from the last checkpoint with a lower --model.lr"
+                    f"{self.fix()}"
                 ) from exc
 
     def means(self) -> dict:
         """{"train/<metric>": mean} over the updates since the last call."""
-        means = self.metrics.mean("a PlaNet update", "resume with a lower --model.lr")
+        means = self.metrics.mean("a PlaNet update", self.fix())
         return {f"train/{k}": v for k, v in means.items()}
 
     def state_dict(self) -> dict:

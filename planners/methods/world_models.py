@@ -49,6 +49,7 @@ from wmrl.infra import (
     set_rng_state,
 )
 from wmrl.infra.config import at_least
+from wmrl.infra.metrics import nonfinite_fix
 from wmrl.planners.controller import (
     ControllerConfig,
     ControllerSearch,
@@ -395,7 +396,7 @@ def stage_vae(cfg: WorldModelsConfig, run: Run) -> dict:
             metrics.add(last)
             step += 1
             if every_log(step) or step == total:
-                means = metrics.mean(f"a VAE update before update {step}", FIX_VAE)
+                means = metrics.mean(f"a VAE update before update {step}", fix_vae(run))
                 run.log(step, {f"vae/{k}": v for k, v in means.items()})
             if every_checkpoint(step) or run.stopping:
                 run.checkpoint(vae_state(vae, optimizer, step), path)
@@ -407,7 +408,11 @@ def stage_vae(cfg: WorldModelsConfig, run: Run) -> dict:
     return {"updates": step, **{k: last.get(k) for k in ("loss", "r_loss", "kl")}}
 
 
-FIX_VAE = "resume from vae.pt with a lower --vae.lr"
+def fix_vae(run: Run) -> str:
+    """What a non-finite VAE update's error advises: the data first, then the settings."""
+    return nonfinite_fix(f"the frames in {run.dir / ROLLOUT_DIR} (not 0-255 images)",
+                         "the settings (the learning rate --vae.lr, too high)",
+                         "vae.pt is from before it: resume with a lower --vae.lr")  # fmt: skip
 
 
 @torch.no_grad()
@@ -546,7 +551,7 @@ def stage_mdnrnn(cfg: WorldModelsConfig, run: Run) -> dict:
             metrics.add(last)
             step += 1
             if every_log(step) or step == total:
-                means = metrics.mean(f"an MDN-RNN update before update {step}", FIX_MDNRNN)
+                means = metrics.mean(f"an MDN-RNN update before update {step}", fix_mdnrnn(run))
                 run.log(step, {f"mdnrnn/{k}": v for k, v in means.items()})
             if every_checkpoint(step) or run.stopping:
                 run.checkpoint(mdnrnn_state(model, optimizer, step, rng), path)
@@ -558,7 +563,12 @@ def stage_mdnrnn(cfg: WorldModelsConfig, run: Run) -> dict:
     return {"updates": step, **{k: last.get(k) for k in ("loss", "z_nll")}}
 
 
-FIX_MDNRNN = "resume from mdnrnn.pt with a lower --mdnrnn.lr"
+def fix_mdnrnn(run: Run) -> str:
+    """What a non-finite MDN-RNN update's error advises: the data first, then the settings."""
+    return nonfinite_fix(f"the encoded series {run.dir / SERIES_FILE} (from a diverged VAE)",
+                         "the settings (the learning rate --mdnrnn.lr, too high)",
+                         "mdnrnn.pt is from before it: resume (--resume) with a lower "
+                         "--mdnrnn.lr")  # fmt: skip
 
 
 def dream_openloop(cfg, run_dir: Path, device, context: int = 1) -> np.ndarray:

@@ -282,9 +282,28 @@ def test_non_finite_values_are_refused_at_load_with_where_they_are(root):
                   PENDULUM_MAX, algorithm_name="random", description="test")  # fmt: skip
     ds = load_dataset("wmrl/pendulum-nan-v0")
     expected = (r"4 of 50 transitions hold NaN or infinite values \(observations 1, "
-                r"next_observations 1, rewards 2; the first is transition 4\)")  # fmt: skip
+                r"next_observations 1, rewards 2; the first is transition 4 \(episode 0, "
+                r"step 4\)\)")  # fmt: skip
     with pytest.raises(DatasetValueError, match=expected):
         ds.transitions()
+
+
+def test_actions_outside_the_space_and_empty_datasets_are_named(root):
+    eps = [handmade(0, 20, False), handmade(1, 30, True)]
+    write_dataset("wmrl/pendulum-wide-v0", eps, envs.make("gym:Pendulum-v1"), PENDULUM_MIN,
+                  PENDULUM_MAX, algorithm_name="random", description="test")  # fmt: skip
+    ds = load_dataset("wmrl/pendulum-wide-v0")
+    ds.transitions()  # inside the space: accepted
+    ds.episodes[1]["actions"][7] = 1.5  # envs.make rescales Pendulum's torque to [-1, 1]
+    ds.episodes[1]["actions"][9] = -1.0  # on the bound: fine
+    expected = (r"'wmrl/pendulum-wide-v0': 1 of 50 actions lie outside the action space "
+                r"\[-1, 1\] \(the first is transition 27 \(episode 1, step 7\): \[1.5\]\); "
+                r"clip them")  # fmt: skip
+    with pytest.raises(DatasetValueError, match=expected):
+        ds.transitions()
+    with pytest.raises(DatasetValueError, match="carries no reference scores"):
+        ds.ref_min_score = None
+        ds.normalized_score(1.0)
 
 
 def test_normalized_score_d4rl_scale_vs_minari_fraction(root):

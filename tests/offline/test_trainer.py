@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from wmrl.envs.datasets import load_dataset
 from wmrl.offline.compare import CompareConfig, compare_offline
 from wmrl.offline.trainer import ALGORITHMS, OfflineConfig, build, train_offline
 
@@ -96,6 +97,27 @@ def test_bad_input_is_named(dataset_id, tmp_path):
         script("train_offline").main(["--algo", "dqn", "--dataset", dataset_id])
     with pytest.raises(FileNotFoundError, match="test/pendulum-random-v1"):
         train_offline(OfflineConfig(dataset="test/pendulum-random-v1", logdir=str(tmp_path / "b")))
+
+
+def test_a_non_finite_loss_names_the_data_first_then_the_settings(dataset_id, tmp_path):
+    """Rewards of 1e30 (finite, so the load accepts them) overflow TD3+BC's critic: the error
+    names the dataset and its rescaling flags first, then the learning rates, and since no
+    checkpoint was written yet, says to start again (not to resume)."""
+    data = load_dataset(dataset_id)
+    for ep in data.episodes:
+        ep["rewards"] = np.full_like(ep["rewards"], 1e30)
+    cfg = OfflineConfig(algo="td3bc", dataset=dataset_id, logdir=str(tmp_path / "run"),
+                        steps=20, log_every=10, eval_every=100, checkpoint_every=100)  # fmt: skip
+    import wmrl.offline.trainer as trainer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "load_dataset", lambda _: data)
+        with pytest.raises(FloatingPointError) as err:
+            train_offline(cfg)
+    message = str(err.value)
+    causes = message[message.index("likely causes, in order: ") :]
+    assert causes.index(f"dataset {data.dataset_id!r}") < causes.index("--td3bc.*-lr")
+    assert "--td3bc.normalize-reward" in causes and "No checkpoint was written yet" in causes
 
 
 def test_comparison_table_aggregates_seeds_and_skips_finished_runs(dataset_id, tmp_path):
