@@ -151,13 +151,14 @@ def dispatched_ops(fn) -> int:
     )
 
 
-def bench_planet(device: str, repeats: int) -> dict:
-    """PlaNet at the paper's sizes: one RSSM update on a 50 x 50 batch of 64 x 64 pixels (Adam
-    step included), and one CEM action (1000 candidates x horizon 12 x 10 iterations)."""
+def bench_planet(device: str, repeats: int, batch: tuple[int, int] = (50, 50)) -> dict:
+    """PlaNet at the paper's sizes: one RSSM update on a `batch` (B, T) = 50 x 50 of 64 x 64
+    pixels (Adam step included), and one CEM action (1000 candidates x horizon 12 x 10
+    iterations)."""
     torch.manual_seed(0)
     model = RSSM((64, 64, 3), 1).to(device)
     optimizer = make_optimizer(model)
-    B, T = 50, 50
+    B, T = batch
     batch = {
         "obs": torch.randint(0, 256, (B, T, 64, 64, 3), dtype=torch.uint8, device=device),
         "action": torch.rand(B, T, 1, device=device) * 2 - 1,
@@ -168,12 +169,14 @@ def bench_planet(device: str, repeats: int) -> dict:
     update_ms = timed(lambda: model.train_step(batch, optimizer), device, repeats)
     belief = {k: v[:1] for k, v in model.initial(1).items()}
     cem_ms = timed(lambda: cem_plan(model, belief, 1, CEMConfig()), device, repeats)
-    return {"device": device, "update_50x50_ms": update_ms, "cem_action_ms": cem_ms}
+    return {"device": device, f"update_{B}x{T}_ms": update_ms, "cem_action_ms": cem_ms}
 
 
-def bench_dreamer(device: str, repeats: int, compile: bool = False) -> dict:
-    """DreamerV2 at dmc_vision's sizes: one update (world model on a 16 x 50 batch, then the
-    actor-critic imagining 15 steps from all 800 posteriors, both optimiser steps), on 64 x 64
+def bench_dreamer(
+    device: str, repeats: int, compile: bool = False, size: tuple[int, int] = (16, 50)
+) -> dict:
+    """DreamerV2 at dmc_vision's sizes: one update (world model on a `size` = 16 x 50 batch, then
+    the actor-critic imagining 15 steps from all 800 posteriors, both optimiser steps), on 64 x 64
     pixels and on a 5-dim state vector (dmc_proprio's MLP encoder and decoder). The update is
     the training loop's, which never waits for the device: `*_ms` is one update with the device
     synchronised around it, `*_updates_per_s` the rate of `repeats` updates in a row, as in
@@ -185,9 +188,9 @@ def bench_dreamer(device: str, repeats: int, compile: bool = False) -> dict:
             torch.manual_seed(0)
             cfg = DreamerConfig(compile=compiled)
             model, ac, optimizer = setup_update(obs_shape, 1, device, cfg)
-            batch = random_batch(obs_shape, 1, 16, 50)
+            batch = random_batch(obs_shape, 1, *size)
             update = make_update(model, ac, optimizer, device, sync=False)
-            key = f"update_16x50_{name}{suffix}"
+            key = f"update_{size[0]}x{size[1]}_{name}{suffix}"
             out[f"{key}_ms"] = timed(lambda u=update, b=batch: u(b), device, repeats)
             in_a_row = timed(lambda u=update, b=batch: [u(b) for _ in range(repeats)], device,
                              1, warmup=False)  # fmt: skip
@@ -319,6 +322,17 @@ def bench_npg(device: str, paths: int = 200, horizon: int = 700, repeats: int = 
     }
 
 
+def batch_shape(text: str) -> tuple[int, int]:
+    """ "16x50" -> (16, 50): a batch of B sequences of T steps."""
+    try:
+        B, T = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BxT, e.g. 16x50") from None
+    if B < 1 or T < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: B and T must be at least 1")
+    return B, T
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -348,6 +362,10 @@ def main(argv=None) -> dict:
         "--planet-repeats", type=int, default=3, help="timed PlaNet updates/actions"
     )
     parser.add_argument("--dreamer-repeats", type=int, default=3, help="timed DreamerV2 updates")
+    parser.add_argument("--planet-batch", type=batch_shape, default=(50, 50),
+                        help="PlaNet's update batch, BxT (the paper's 50x50)")  # fmt: skip
+    parser.add_argument("--dreamer-batch", type=batch_shape, default=(16, 50),
+                        help="DreamerV2's update batch, BxT (dmc_vision's 16x50)")  # fmt: skip
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -383,20 +401,22 @@ def main(argv=None) -> dict:
             f"({r['rows']} rows): median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms"
         )
     if "planet" in sections:
-        r = bench_planet(args.device, args.planet_repeats)
+        r = bench_planet(args.device, args.planet_repeats, args.planet_batch)
         results["planet"] = r
+        B, T = args.planet_batch
         print(
-            f"\nPlaNet on {r['device']}: RSSM update (50 x 50, 64x64 pixels) "
-            f"{r['update_50x50_ms']:.0f} ms; CEM action (1000 x 12 x 10) "
+            f"\nPlaNet on {r['device']}: RSSM update ({B} x {T}, 64x64 pixels) "
+            f"{r[f'update_{B}x{T}_ms']:.0f} ms; CEM action (1000 x 12 x 10) "
             f"{r['cem_action_ms']:.1f} ms"
         )
     if "dreamer" in sections:
-        r = bench_dreamer(args.device, args.dreamer_repeats, args.compile)
+        r = bench_dreamer(args.device, args.dreamer_repeats, args.compile, args.dreamer_batch)
         results["dreamer"] = r
-        print(f"\nDreamerV2 on {r['device']}: update (16 x 50, world model + actor-critic)")
+        B, T = args.dreamer_batch
+        print(f"\nDreamerV2 on {r['device']}: update ({B} x {T}, world model + actor-critic)")
         for suffix in ("", "_compiled")[: 1 + args.compile]:
             for name in ("pixels", "state"):
-                key = f"update_16x50_{name}{suffix}"
+                key = f"update_{B}x{T}_{name}{suffix}"
                 ops = f"  {r[key + '_ops']:6d} kernel ops" if key + "_ops" in r else ""
                 print(f"{name + suffix:16s} {r[key + '_ms']:8.0f} ms  "
                       f"{r[key + '_updates_per_s']:7.2f} updates/s{ops}")  # fmt: skip

@@ -283,14 +283,18 @@ def openloop_gif(run: Run, model: CategoricalRSSM, replay, cfg: DreamerConfig, s
 
 
 class Throughput:
-    """Env steps and updates per second of wall clock since the last `rates` call."""
+    """Env steps and updates per second of wall clock since the last `rates` call, and the share
+    of that time the host spent in update calls (the rest: stepping the envs and acting, which
+    also waits for the device's queued updates at each action)."""
 
     def __init__(self, repeat: int):
-        self.repeat, self.start, self.steps, self.updates = repeat, time.perf_counter(), 0, 0
+        self.repeat, self.start = repeat, time.perf_counter()
+        self.steps, self.updates, self.update_s = 0, 0, 0.0
 
-    def add(self, policy_steps: int, updates: int) -> None:
+    def add(self, policy_steps: int, updates: int, update_seconds: float = 0.0) -> None:
         self.steps += policy_steps
         self.updates += updates
+        self.update_s += update_seconds
 
     def rates(self) -> dict[str, float]:
         now = time.perf_counter()
@@ -298,8 +302,9 @@ class Throughput:
         out = {  # env steps/s counts the updates' time too
             "train/fps": self.steps * self.repeat / seconds,
             "train/updates_per_s": self.updates / seconds,
+            "train/update_share": self.update_s / seconds,
         }
-        self.start, self.steps, self.updates = now, 0, 0
+        self.start, self.steps, self.updates, self.update_s = now, 0, 0, 0.0
         return out
 
 
@@ -310,6 +315,9 @@ def episode_row(finished: list, metrics: dict, learner: Learner, replay, meter: 
     row["train/return"] = float(np.mean([e.ret for e in finished]))
     row["train/length"] = float(np.mean([e.length for e in finished]))
     row.update({"train/updates": int(learner.ac.updates), "train/episodes": replay.total_episodes})
+    device = next(learner.model.parameters()).device
+    if device.type == "cuda":  # the peak so far, of every tensor the run holds there
+        row["train/gpu_mem_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     return {**row, **meter.rates()}
 
 
@@ -409,8 +417,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             before = collector.steps
             finished = collector.run(lambda obs: policy.act(obs, collector.is_first), steps=1)
             due = train_every(first + collector.steps - base) * cfg.train_steps
+            start = time.perf_counter()
             learner.train(replay, due)
-            meter.add(collector.steps - before, due)
+            meter.add(collector.steps - before, due, time.perf_counter() - start)
             if not finished:
                 if run.stopping:  # mid-episode: the weights are saved, the unfinished episode
                     # not (the resumed run starts a new one, so it is not the unstopped run's)
