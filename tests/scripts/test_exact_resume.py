@@ -22,7 +22,11 @@ from wmrl.envs.replay import iter_episodes
 from wmrl.infra import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-CLOCK = ("train/fps", "train/updates_per_s", "train/update_share")  # wall-clock rates: the only figures that differ
+CLOCK = (
+    "train/fps",
+    "train/updates_per_s",
+    "train/update_share",
+)  # wall-clock rates: the only figures that differ
 
 # script -> (its arguments, the file of its first checkpoint, the latest kill in seconds after it)
 JOBS = {
