@@ -84,40 +84,68 @@ class Collector:
         finished: list[EpisodeStats] = []
         taken = 0
         while (episodes is None or len(finished) < episodes) and (steps is None or taken < steps):
-            if self._resetting.all():  # every env resets now and ignores its action: the
-                # policy is not asked (nor draws from its generators for nothing)
-                space = self.env.single_action_space
-                actions = np.zeros((self.num_envs, *space.shape), space.dtype)
-            else:
-                actions = np.asarray(policy(self.obs))
-            next_obs, rewards, terminated, truncated, _ = self.env.step(actions)
-            for i in range(self.num_envs):
-                if self._resetting[i]:  # auto-reset step: the first observation of an episode
-                    if self.replay is not None:
-                        self.replay.add_reset(next_obs[i], worker=i)
-                    self._returns[i], self._lengths[i] = 0.0, 0
-                    continue
-                if self.replay is not None:
-                    self.replay.add_step(
-                        actions[i],
-                        rewards[i],
-                        next_obs[i],
-                        bool(terminated[i]),
-                        bool(truncated[i]),
-                        worker=i,
-                    )
-                self._returns[i] += rewards[i]
-                self._lengths[i] += 1
-                taken += 1
-                if terminated[i] or truncated[i]:
-                    finished.append(EpisodeStats(float(self._returns[i]), int(self._lengths[i]),
-                                                 bool(terminated[i])))  # fmt: skip
+            n = self.stepping
+            finished += self.step(policy)
+            taken += n
             if progress is not None:
-                progress.update(int((~self._resetting).sum()))
-            self.steps += int((~self._resetting).sum())
-            self.is_first = self._resetting  # those envs just returned a first observation
-            self._resetting = np.logical_or(terminated, truncated)
-            self.obs = next_obs
+                progress.update(n)
+        return finished
+
+    @property
+    def stepping(self) -> int:
+        """How many envs take a transition on the next step (the others reset on it)."""
+        return int((~self._resetting).sum())
+
+    def step(
+        self, policy: Policy, during: Callable[[], object] | None = None
+    ) -> list[EpisodeStats]:
+        """One step of every env, of which `run` is made: the actions from `policy` (not asked
+        when every env resets on this step), then the envs step while `during()`, if given,
+        runs; then the step's transitions go to the replay. With an async vector env the envs
+        step in their worker processes, so work launched by `during` (a GPU update, which does
+        not wait for the device) overlaps the stepping; with a sync one, `during` runs first.
+        Either way `during` sees the replay as it was before this step. Returns the episodes
+        that finished on this step."""
+        if self._resetting.all():  # every env resets now and ignores its action: the
+            # policy is not asked (nor draws from its generators for nothing)
+            space = self.env.single_action_space
+            actions = np.zeros((self.num_envs, *space.shape), space.dtype)
+        else:
+            actions = np.asarray(policy(self.obs))
+        if hasattr(self.env, "step_async"):
+            self.env.step_async(actions)
+            if during is not None:
+                during()
+            next_obs, rewards, terminated, truncated, _ = self.env.step_wait()
+        else:
+            if during is not None:
+                during()
+            next_obs, rewards, terminated, truncated, _ = self.env.step(actions)
+        finished: list[EpisodeStats] = []
+        for i in range(self.num_envs):
+            if self._resetting[i]:  # auto-reset step: the first observation of an episode
+                if self.replay is not None:
+                    self.replay.add_reset(next_obs[i], worker=i)
+                self._returns[i], self._lengths[i] = 0.0, 0
+                continue
+            if self.replay is not None:
+                self.replay.add_step(
+                    actions[i],
+                    rewards[i],
+                    next_obs[i],
+                    bool(terminated[i]),
+                    bool(truncated[i]),
+                    worker=i,
+                )
+            self._returns[i] += rewards[i]
+            self._lengths[i] += 1
+            if terminated[i] or truncated[i]:
+                finished.append(EpisodeStats(float(self._returns[i]), int(self._lengths[i]),
+                                             bool(terminated[i])))  # fmt: skip
+        self.steps += self.stepping
+        self.is_first = self._resetting  # those envs just returned a first observation
+        self._resetting = np.logical_or(terminated, truncated)
+        self.obs = next_obs
         return finished
 
 

@@ -58,6 +58,8 @@ class DreamerConfig:
     steps: int = 1_000_000  # the budget in env steps (policy steps x action repeat)
     num_envs: int = 1  # envs collecting at once, one batched policy step for all (>1: a process
     # each); train_every still counts policy steps summed over the envs
+    env_workers: bool | None = None  # step the envs in worker processes while the updates run
+    # (which never wait for the device: the two overlap); none: with several envs or a GPU
     prefill: int = 1000  # policy steps of uniform random actions first (dmc_proprio: 5000)
     pretrain: int = 100  # updates right after the prefill
     train_every: int = 5  # policy steps between updates
@@ -329,7 +331,7 @@ def save(run: Run, learner: Learner, done: Progress, replay, rng, repeat: int, e
     run.checkpoint({**learner.state_dict(), **asdict(done), **extra})
 
 
-def open_envs(cfg: DreamerConfig, env, state: dict | None):
+def open_envs(cfg: DreamerConfig, env, state: dict | None, device: torch.device):
     """The collecting vector env and the seed for its first reset, with the evaluation `env`
     made ready too. A new run seeds both with `cfg.seed`. A resumed run puts back the
     generators its checkpoint saved, so that it meets the episodes the run would have met had
@@ -337,9 +339,10 @@ def open_envs(cfg: DreamerConfig, env, state: dict | None):
     dm-control's fixed-length episodes); a checkpoint without them, or for another number of
     envs, gets fresh seeds. Returns (vector env, seed or None)."""
     seed = cfg.seed + 1000 * (0 if state is None else int(state["replay_episodes"]))
-    vec = make_vector(
-        cfg.env, cfg.num_envs, seed=seed, asynchronous=cfg.num_envs > 1, **env_options(cfg)
-    )
+    workers = cfg.env_workers
+    if workers is None:
+        workers = cfg.num_envs > 1 or device.type == "cuda"
+    vec = make_vector(cfg.env, cfg.num_envs, seed=seed, asynchronous=workers, **env_options(cfg))
     saved = (state or {}).get("env_rng")
     if saved is not None and len(saved["collect"]) == cfg.num_envs:
         set_env_rng_state(env, saved["eval"])
@@ -381,7 +384,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         replay, rng = open_replay(run.dir, cfg.capacity, cfg.seed, state)
 
         # `num_envs` envs collect together (one batched policy call); evaluation runs in `env`.
-        vec, seed = open_envs(cfg, env, state)
+        vec, seed = open_envs(cfg, env, state, run.device)
         run.closing(vec)
         collector = Collector(vec, replay, seed=seed)
         envs = {"collect": vec, "eval": env}
@@ -414,12 +417,20 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         meter = Throughput(repeat)
         train_return, since_checkpoint, logged = None, 0, replay.total_steps * repeat
         while replay.total_steps * repeat < cfg.steps:
-            before = collector.steps
-            finished = collector.run(lambda obs: policy.act(obs, collector.is_first), steps=1)
-            due = train_every(first + collector.steps - base) * cfg.train_steps
-            start = time.perf_counter()
-            learner.train(replay, due)
-            meter.add(collector.steps - before, due, time.perf_counter() - start)
+            # The updates due after this step run while the envs step (in worker processes
+            # when they are async: the updates, which never wait for the device, overlap them).
+            taken = collector.stepping
+            due = train_every(first + collector.steps + taken - base) * cfg.train_steps
+            update_s = 0.0
+
+            def updates(due=due):
+                nonlocal update_s
+                start = time.perf_counter()
+                learner.train(replay, due)
+                update_s = time.perf_counter() - start
+
+            finished = collector.step(lambda obs: policy.act(obs, collector.is_first), updates)
+            meter.add(taken, due, update_s)
             if not finished:
                 if run.stopping:  # mid-episode: the weights are saved, the unfinished episode
                     # not (the resumed run starts a new one, so it is not the unstopped run's)

@@ -143,6 +143,20 @@ def test_a_corrupt_replay_file_is_set_aside_and_the_resume_goes_on(tmp_path):
     ]  # fmt: skip
 
 
+def test_envs_in_worker_processes_overlap_the_updates_and_change_no_number(tmp_path):
+    """`env_workers`: the env steps in a worker process while the updates run. The run logs
+    the same numbers, weights included, as with the env stepped in the main process."""
+    clock = ("train/fps", "train/updates_per_s", "train/update_share")
+    runs = {}
+    for workers in (False, True):
+        run = tmp_path / f"workers-{workers}"
+        train_dreamer(tiny(run, env_workers=workers, steps=3000))
+        rows = [{k: v for k, v in r.items() if k not in clock} for r in read_metrics(run)]
+        runs[workers] = rows, load_checkpoint(run / "checkpoint.pt")["model"]
+    assert runs[True][0] == runs[False][0]
+    assert all(torch.equal(v, runs[True][1][k]) for k, v in runs[False][1].items())
+
+
 def test_vectorised_collection_keeps_the_update_ratio(tmp_path):
     """Two envs (a process each) step together: the prefill's vector episode gives 2 episodes
     (250 policy steps), then policy steps 251..500 over both envs train at 300, ..., 500."""
