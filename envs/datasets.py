@@ -23,6 +23,7 @@ import inspect
 import math
 import os
 import shutil
+import socket
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
@@ -346,9 +347,14 @@ def load_dataset(id_or_path: str | os.PathLike, download: bool = False) -> Offli
         id_or_path: a dataset id in Minari's datasets root ($MINARI_DATASETS_PATH, else
             ~/.minari/datasets), e.g. "wmrl/cartpole-random-v0"; or a dataset directory (the
             one holding `data/`, or `data/` itself).
-        download: fetch an id that is not local with Minari's own download (needs network).
+        download: fetch an id that is not local from Minari's remote (Minari's own download,
+            with its progress bar, into the datasets root; needs a network), e.g. Minari's D4RL
+            successors "mujoco/hopper/medium-v0". Its reference scores and env come with it.
     Returns:
         an `OfflineDataset`; episodes as in `envs.replay.validate_episode`.
+    Raises:
+        DatasetNotFoundError, naming the fix: no such local dataset (and no download asked
+        for), or the download failed (no network, an unknown remote id).
     """
     minari = _minari()
     name = os.fspath(id_or_path)
@@ -366,17 +372,52 @@ def load_dataset(id_or_path: str | os.PathLike, download: bool = False) -> Offli
             )
     if data_dir is not None:
         mds = minari.MinariDataset(data_dir)
-    elif download:
-        mds = minari.load_dataset(name, download=True)
     else:
         close = difflib.get_close_matches(name, _local_ids(), n=5, cutoff=0.6)
         hint = f" Close local ids: {', '.join(close)}." if close else ""
+    if data_dir is None and download:
+        mds = _download(name, root, hint)
+    elif data_dir is None:
         raise DatasetNotFoundError(
             f"no Minari dataset {name!r} in the datasets root {root} (nor a directory of that "
-            f"name).{hint} To fix: pass download=True to fetch a remote id, point "
+            f"name).{hint} To fix: download it (download=True; scripts: --download true), point "
             "MINARI_DATASETS_PATH at the root that holds it, or pass the dataset's directory."
         )
     return _from_minari(mds)
+
+
+def _download(name: str, root: Path, hint: str = ""):
+    """`name` from Minari's remote into `root` (Minari prints the download's progress), as a
+    MinariDataset; a failed download is one DatasetNotFoundError that says what to do. Without
+    a network it fails at once (one connection attempt) rather than after the remote client's
+    retries."""
+    offline = (
+        f"Check the id (minari list remote), or, without a network here: on a machine with one "
+        f"run `minari download {name}`, copy its folder {name}/ into this machine's datasets "
+        f"root {root} (or set MINARI_DATASETS_PATH to where it is), or pass the dataset's "
+        f"directory.{hint}"
+    )
+    remote = os.environ.get("MINARI_REMOTE", "hf://farama-minari")
+    host = {"hf": "huggingface.co", "gcp": "storage.googleapis.com"}.get(remote.split(":")[0])
+    if host is not None:
+        try:
+            socket.create_connection((host, 443), timeout=10).close()
+        except OSError as e:
+            raise DatasetNotFoundError(
+                f"{name!r} is not in the datasets root {root}, and Minari's remote ({host}) "
+                f"cannot be reached to download it ({e}). {offline}"
+            ) from e
+    try:
+        return _minari().load_dataset(name, download=True)
+    except ImportError as e:
+        raise DatasetNotFoundError(
+            f"downloading {name!r} needs Minari's remote support ({e}): pip install "
+            "'minari[hf]' (the toolkit's install has it)"
+        ) from e
+    except Exception as e:
+        raise DatasetNotFoundError(
+            f"could not download {name!r} from Minari's remote ({type(e).__name__}: {e}). {offline}"
+        ) from e
 
 
 def _from_minari(mds) -> OfflineDataset:

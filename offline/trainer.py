@@ -63,7 +63,8 @@ AlgoName = Literal["bc", "td3bc", "cql", "iql", "awac", "rebrac", "sacn", "edac"
 @dataclass
 class OfflineConfig:
     algo: AlgoName = "td3bc"
-    dataset: str = ""  # a Minari dataset id or path (required)
+    dataset: str = ""  # a Minari dataset id or path (required), e.g. mujoco/hopper/medium-v0
+    download: bool = True  # fetch a dataset id that is not local from Minari's remote
     env: str = ""  # evaluation env (envs.make id); empty: the dataset's recover_environment()
     logdir: str = "runs/offline"
     seed: int = 0
@@ -181,7 +182,7 @@ def train_offline(cfg: OfflineConfig, resume: bool = False) -> dict:
     if not cfg.dataset:
         raise ValueError("--dataset is required: a Minari dataset id or path")
     with Run(cfg, resume, desc=cfg.algo) as run:
-        dataset = load_dataset(cfg.dataset)
+        dataset = load_dataset(cfg.dataset, download=cfg.download)
         env = run.closing(eval_env(dataset, cfg.env))
         algo, normalizer, buffer, scale = build(cfg, dataset, run.device)
         sampler = torch.Generator(device=run.device)

@@ -164,7 +164,8 @@ class MOReLConfig:
     """MOReL's run; defaults from mjrl `projects/morel/configs/d4rl_hopper_medium.txt`."""
 
     algo: Literal["morel"] = "morel"  # names the run in offline.compare's table
-    dataset: str = ""  # a Minari dataset id or path (required)
+    dataset: str = ""  # a Minari dataset id or path (required), e.g. mujoco/hopper/medium-v0
+    download: bool = True  # fetch a dataset id that is not local from Minari's remote
     env: str = ""  # evaluation env (envs.make id); empty: the dataset's recover_environment()
     logdir: str = "runs/morel"
     seed: int = 0
@@ -284,7 +285,7 @@ def train_morel(cfg: MOReLConfig, resume: bool = False) -> dict:
             "--dataset is required: a Minari dataset id or path (e.g. wmrl/hopper-medium-v0)"
         )
     with Run(cfg, resume, desc="morel") as run:
-        dataset = load_dataset(cfg.dataset)
+        dataset = load_dataset(cfg.dataset, download=cfg.download)
         check_dataset(dataset)
         env = run.closing(eval_env(dataset, cfg.env))
         t = dataset.transitions()

@@ -330,7 +330,7 @@ def test_unknown_dataset_names_id_root_close_ids_and_fix(root, tmp_path, pendulu
         load_dataset("wmrl/pendulum-randm-v0")
     msg = str(info.value)
     for part in ("'wmrl/pendulum-randm-v0'", str(root), "wmrl/pendulum-random-v0",
-                 "download=True", "MINARI_DATASETS_PATH"):  # fmt: skip
+                 "download=True", "--download true", "MINARI_DATASETS_PATH"):  # fmt: skip
         assert part in msg
     assert isinstance(info.value, FileNotFoundError)
     (tmp_path / "empty").mkdir()
@@ -338,6 +338,67 @@ def test_unknown_dataset_names_id_root_close_ids_and_fix(root, tmp_path, pendulu
         load_dataset(tmp_path / "empty")
     with pytest.raises(ValueError, match="malformed dataset id.*-v<version>"):
         write_dataset("wmrl/no-version", pendulum_episodes, env, -1.0, 1.0)
+
+
+def test_a_dataset_with_the_remote_layout_loads_with_its_scores_and_env(root, pendulum_episodes):
+    """Minari's remote ids have nested namespaces (mujoco/hopper/medium-v0): a local dataset of
+    that form loads by id, with its reference scores, and recovers its env."""
+    env = envs.make("gym:Pendulum-v1")
+    write_dataset("mujoco/pendulum/random-v0", pendulum_episodes, env, -1500.0, -150.0)
+    assert (root / "mujoco" / "pendulum" / "random-v0" / "data").is_dir()
+    ds = load_dataset("mujoco/pendulum/random-v0")
+    assert (ds.dataset_id, ds.ref_min_score, ds.ref_max_score) == (
+        "mujoco/pendulum/random-v0", -1500.0, -150.0
+    )  # fmt: skip
+    assert ds.normalized_score(-825.0) == pytest.approx(50.0)
+    ds.check_env(ds.recover_environment())
+
+
+def test_a_missing_id_is_downloaded_or_the_error_says_what_to_do(
+    root, pendulum_episodes, monkeypatch
+):
+    import socket
+
+    import minari
+
+    from wmrl.envs import datasets
+
+    def unreachable(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("mujoco/hopper/medium-v0", download=True)
+    msg = str(info.value)
+    for part in ("cannot be reached", "huggingface.co", "minari download mujoco/hopper/medium-v0",
+                 str(root), "MINARI_DATASETS_PATH"):  # fmt: skip
+        assert part in msg
+    with pytest.raises(DatasetNotFoundError, match="--download true"):
+        load_dataset("mujoco/hopper/medium-v0")  # no download asked for
+
+    # Reachable: Minari's own download fetches it (here: writes it, as the remote would).
+    class Connection:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: Connection())
+    pendulum, local = envs.make("gym:Pendulum-v1"), minari.load_dataset
+
+    def fetch(name, download=False):
+        assert download
+        write_dataset(name, pendulum_episodes, pendulum, -1500.0, -150.0)
+        return local(name)
+
+    monkeypatch.setattr(datasets._minari(), "load_dataset", fetch)
+    ds = load_dataset("mujoco/pendulum/expert-v0", download=True)
+    assert ds.dataset_id == "mujoco/pendulum/expert-v0" and ds.ref_max_score == -150.0
+
+    def refused(name, download=False):
+        raise ValueError(f"Couldn't find any version for dataset {name} in the remote")
+
+    monkeypatch.setattr(datasets._minari(), "load_dataset", refused)
+    with pytest.raises(DatasetNotFoundError, match="could not download 'mujoco/nope-v0'.*list"):
+        load_dataset("mujoco/nope-v0", download=True)
 
 
 def test_space_mismatch_names_both_spaces(root, pendulum_episodes):

@@ -111,7 +111,7 @@ def test_a_non_finite_loss_names_the_data_first_then_the_settings(dataset_id, tm
     import wmrl.offline.trainer as trainer
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "load_dataset", lambda _: data)
+        mp.setattr(trainer, "load_dataset", lambda *_, **__: data)
         with pytest.raises(FloatingPointError) as err:
             train_offline(cfg)
     message = str(err.value)
