@@ -38,7 +38,14 @@ from torch import nn
 from wmrl.infra.metrics import settle_metrics
 from wmrl.infra.runtime import autocast, compile_methods
 from wmrl.worldmodels.categorical_rssm import straight_through_onehot
-from wmrl.worldmodels.nets import gaussian_nll, make_optimizer, mlp
+from wmrl.worldmodels.nets import (
+    TwoHot,
+    gaussian_nll,
+    keras_init_,
+    make_optimizer,
+    mlp,
+    zero_output_,
+)
 from wmrl.worldmodels.protocol import map_state, stack_states
 
 
@@ -64,6 +71,14 @@ class ActorCriticConfig:
     adam_eps: float = 1e-5
     grad_clip: float = 100.0
     weight_decay: float = 1e-6  # decoupled, w <- (1 - wd) w, as danijar's optimizer
+    # DreamerV3's changes (Hafner et al. 2023), off as DreamerV2 has them:
+    return_norm: bool = False  # the actor's returns divided by max(1, S), S an EMA of their
+    # 95th - 5th percentile range (V3: with actor_ent 3e-4, so the bonus means the same at
+    # any reward scale)
+    return_norm_decay: float = 0.99  # the EMA's decay
+    critic_bins: int = 0  # > 0: a two-hot critic over this many symlog bins (V3: 255), else
+    # a unit Gaussian
+    init: Literal["torch", "keras"] = "torch"  # keras: glorot-uniform weights, zero biases
 
 
 # ------------------------------------------------------------------------------- distributions
@@ -133,6 +148,30 @@ def _phi(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------ returns
+class ReturnNormalizer(nn.Module):
+    """DreamerV3's return scale (Hafner et al. 2023, eq. 7; `Moments` of danijar/dreamerv3):
+    EMAs of the batch's 5th and 95th return percentiles, and the scale max(1, high - low) that
+    the actor's returns are divided by. Returns spread over less than 1 are left as they are,
+    so small rewards are not amplified into noise.
+
+    Called with returns (any shape), it updates the EMAs (starting from 0, as V3's) and gives
+    the scale as a 0-dim tensor, without a host sync."""
+
+    def __init__(self, decay: float = 0.99, low: float = 0.05, high: float = 0.95):
+        super().__init__()
+        self.decay, self.q = decay, (low, high)
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+
+    @torch.no_grad()
+    def forward(self, returns: torch.Tensor) -> torch.Tensor:
+        flat = returns.detach().float().flatten()
+        q = torch.quantile(flat, torch.tensor(self.q, device=flat.device))
+        self.low.lerp_(q[0], 1 - self.decay)
+        self.high.lerp_(q[1], 1 - self.decay)
+        return torch.clamp(self.high - self.low, min=1.0)
+
+
 def lambda_return(reward, value, discount, bootstrap, lambda_: float) -> torch.Tensor:
     """TD(lambda) targets, danijar's `lambda_return`: (B, T) each, bootstrap (B,) -> (B, T),
 
@@ -202,7 +241,14 @@ class ActorCritic(nn.Module):
         self.cfg = cfg = cfg or ActorCriticConfig()
         self.action_dim, self.discrete = action_dim, discrete
         self.actor = Actor(feat_dim, action_dim, cfg, discrete)
-        self.critic = mlp(feat_dim, 1, cfg.units, cfg.layers, nn.ELU)
+        self.critic = mlp(feat_dim, cfg.critic_bins or 1, cfg.units, cfg.layers, nn.ELU)
+        if cfg.init == "keras":
+            keras_init_(self)
+        elif cfg.init != "torch":
+            raise ValueError(f"init must be torch or keras, got {cfg.init!r}")
+        if cfg.critic_bins:
+            zero_output_(self.critic)
+        self.return_norm = ReturnNormalizer(cfg.return_norm_decay) if cfg.return_norm else None
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         grad = cfg.actor_grad
@@ -226,7 +272,8 @@ class ActorCritic(nn.Module):
 
     def value(self, feat: torch.Tensor, target: bool = False) -> torch.Tensor:
         """The critic's (or slow target's) value (...,) of features (..., F)."""
-        return (self.target_critic if target else self.critic)(feat).squeeze(-1).float()
+        out = (self.target_critic if target else self.critic)(feat).float()
+        return TwoHot(out).mean() if self.cfg.critic_bins else out.squeeze(-1)
 
     # --------------------------------------------------------------------------- imagination
     def imagine(self, model, start, horizon: int | None = None, is_terminal=None) -> dict:
@@ -291,11 +338,15 @@ class ActorCritic(nn.Module):
         cfg = self.cfg
         policy = self.actor(seq["feat"][:, :-2].detach())
         metrics = {}
+        scale = 1.0
+        if self.return_norm is not None:
+            scale = self.return_norm(target.detach())
+            metrics["return_scale"] = scale
         if self.actor_grad == "dynamics":
-            objective = target[:, 1:]
+            objective = target[:, 1:] / scale
         else:
             baseline = self.value(seq["feat"][:, :-2], target=True)
-            advantage = (target[:, 1:] - baseline).detach()
+            advantage = ((target[:, 1:] - baseline) / scale).detach()
             objective = policy.log_prob(seq["action"][:, 1:-1].detach()) * advantage
             if self.actor_grad == "both":
                 objective = (
@@ -311,9 +362,12 @@ class ActorCritic(nn.Module):
         return -(seq["weight"][:, :-2] * objective).mean(), metrics
 
     def critic_loss(self, seq: dict, target: torch.Tensor) -> torch.Tensor:
-        """Unit-Gaussian NLL of the (sg) targets under the critic at z_0..z_(H-1), weighted."""
-        value = self.value(seq["feat"][:, :-1].detach())
-        nll = gaussian_nll(value, target.detach(), 0)
+        """Unit-Gaussian NLL (or the two-hot cross-entropy) of the (sg) targets under the
+        critic at z_0..z_(H-1), weighted."""
+        if self.cfg.critic_bins:
+            nll = TwoHot(self.critic(seq["feat"][:, :-1].detach())).loss(target.detach())
+        else:
+            nll = gaussian_nll(self.value(seq["feat"][:, :-1].detach()), target.detach(), 0)
         return (seq["weight"][:, :-1] * nll).mean()
 
     def update(self, model, start, is_terminal=None, sync: bool = True) -> dict:

@@ -21,6 +21,7 @@ A state is a dict with leading dims (B,) or (B, T): "deter" (..., deter), "logit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,13 @@ from wmrl.worldmodels.nets import (
     ConvDecoder,
     ConvEncoder,
     LayerNormGRUCell,
+    TwoHot,
     gaussian_nll,
+    keras_init_,
     mlp,
+    symexp,
+    symlog,
+    zero_output_,
 )
 from wmrl.worldmodels.rssm import RecurrentStateSpaceModel
 
@@ -62,6 +68,13 @@ class CategoricalRSSMConfig:
     adam_eps: float = 1e-5
     grad_clip: float = 100.0  # global gradient norm
     weight_decay: float = 1e-6  # w <- (1 - wd) w every step, as danijar's optimizer
+    # DreamerV3's changes (Hafner et al. 2023), off as DreamerV2 has them; free bits per step
+    # are free_avg false.
+    unimix: float = 0.0  # share of a uniform mixed into every categorical (V3: 0.01)
+    symlog_obs: bool = False  # vector observations enter the encoder and are decoded as symlog
+    reward_bins: int = 0  # > 0: a two-hot reward head over this many symlog bins (V3: 255),
+    # else a unit Gaussian
+    init: Literal["torch", "keras"] = "torch"  # keras: glorot-uniform weights, zero biases
 
 
 def straight_through_onehot(logits: torch.Tensor) -> torch.Tensor:
@@ -153,10 +166,16 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
         self.gru = LayerNormGRUCell(cfg.hidden, cfg.deter)
         self.img_out = mlp(cfg.deter, self.latent_dim, cfg.hidden, 1, act)  # prior
         self.obs_out = mlp(cfg.deter + embed_dim, self.latent_dim, cfg.hidden, 1, act)  # post
-        self.reward_head = mlp(self.feat_dim, 1, units, layers, act)
+        self.reward_head = mlp(self.feat_dim, cfg.reward_bins or 1, units, layers, act)
         self.discount_head = (
             mlp(self.feat_dim, 1, units, layers, act) if cfg.pred_discount else None
         )
+        if cfg.init == "keras":
+            keras_init_(self)
+        elif cfg.init != "torch":
+            raise ValueError(f"init must be torch or keras, got {cfg.init!r}")
+        if cfg.reward_bins:
+            zero_output_(self.reward_head)
 
     # ------------------------------------------------------------------------------ states
     def initial(self, batch_size: int) -> State:
@@ -168,6 +187,10 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
 
     def _latent(self, x: torch.Tensor, deter: torch.Tensor) -> State:
         logits = x.float().unflatten(-1, (self.cfg.stoch, self.cfg.classes))
+        if self.cfg.unimix:  # V3: probs (1 - u) softmax + u / K, whose logs are the logits
+            probs = F.softmax(logits, -1)
+            probs = (1 - self.cfg.unimix) * probs + self.cfg.unimix / self.cfg.classes
+            logits = probs.log()
         return {"deter": deter, "logits": logits, "stoch": straight_through_onehot(logits)}
 
     def img_step(self, state: State, action: torch.Tensor) -> State:
@@ -183,7 +206,14 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
 
     def reward(self, state: State) -> torch.Tensor:
         """Mean predicted reward for arriving in `state`: (...,)."""
-        return self.reward_head(self.features(state)).squeeze(-1).float()
+        out = self.reward_head(self.features(state)).float()
+        return TwoHot(out).mean() if self.cfg.reward_bins else out.squeeze(-1)
+
+    def _reward_loss(self, state: State, reward: torch.Tensor) -> torch.Tensor:
+        out = self.reward_head(self.features(state)).float()
+        if self.cfg.reward_bins:
+            return TwoHot(out).loss(reward)
+        return gaussian_nll(out.squeeze(-1), reward, 0)
 
     def continuation(self, state: State) -> torch.Tensor:
         """Probability that the episode goes on after `state` (...,): the discount head's
@@ -194,8 +224,10 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
 
     def decode(self, state: State) -> torch.Tensor:
         """The decoder's mean (..., *obs_shape): pixels in the preprocessed scale [-0.5, 0.5]
-        (`decode_frames` gives uint8), vectors in the observation's."""
-        return self.decoder(self.features(state)).float()
+        (`decode_frames` gives uint8), vectors in the observation's (symexp of the decoder's
+        output with `symlog_obs`)."""
+        out = self.decoder(self.features(state)).float()
+        return symexp(out) if self.cfg.symlog_obs and not self.pixels else out
 
     def decode_frames(self, state: State) -> torch.Tensor:
         """Decoded pixels as uint8 (..., 64, 64, C) frames, for GIFs."""
@@ -203,10 +235,11 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
 
     # ------------------------------------------------------------------------------ inputs
     def preprocess(self, obs: torch.Tensor) -> torch.Tensor:
-        """Raw observations on the device -> the decoder's target: x / 255 - 0.5 for uint8
-        pixels (danijar's `preprocess`), float32 for vectors."""
+        """Raw observations on the device -> the encoder's input and the decoder's target:
+        x / 255 - 0.5 for uint8 pixels (danijar's `preprocess`), float32 vectors (symlog'd with
+        `symlog_obs`)."""
         if not self.pixels:
-            return obs.float()
+            return symlog(obs.float()) if self.cfg.symlog_obs else obs.float()
         if obs.dtype != torch.uint8:
             raise ValueError(
                 f"pixel observations must be uint8 0..255 (as the replay stores them), got "
@@ -223,7 +256,7 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
         post, prior = self._filter(self.encoder(target), action, is_first, None)
         feat = self.features(post)
         obs_loss = gaussian_nll(self.decoder(feat).float(), target, len(self.obs_shape)).mean()
-        reward_loss = gaussian_nll(self.reward(post), reward, 0).mean()
+        reward_loss = self._reward_loss(post, reward).mean()
         kl_loss, kl = kl_balance_loss(
             post["logits"], prior["logits"], cfg.kl_balance, cfg.free_nats, cfg.free_avg
         )

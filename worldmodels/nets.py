@@ -226,3 +226,68 @@ def make_optimizer(
     return torch.optim.AdamW(
         params, lr=lr, eps=eps, weight_decay=(weight_decay or 0.0) / lr, fused=fused or None
     )
+
+
+# ------------------------------------------------------------- DreamerV3's scale-free outputs
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """sign(x) ln(|x| + 1) (DreamerV3, eq. 9): squashes large magnitudes, near identity at 0."""
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of `symlog`: sign(x) (exp(|x|) - 1)."""
+    return torch.sign(x) * torch.expm1(torch.abs(x))
+
+
+class TwoHot:
+    """DreamerV3's two-hot output (Hafner et al. 2023, sec. 3): `bins` logits over a uniform grid
+    of [low, high] in symlog space. The prediction is symexp of the softmax's expectation over
+    the grid; a target y is symlog(y) split between its two neighbouring bins in proportion to
+    closeness (one bin where it falls on one, the end bin outside the grid), and the loss is the
+    cross-entropy against it. Regression without a scale: the loss's gradient does not grow with
+    the target's magnitude, and returns of any size are represented.
+
+    `logits` (..., bins) -> `mean()` (...), `loss(y)` (...)."""
+
+    def __init__(self, logits: torch.Tensor, low: float = -20.0, high: float = 20.0):
+        self.logits = logits.float()
+        self.grid = torch.linspace(low, high, logits.shape[-1], device=logits.device)
+
+    def mean(self) -> torch.Tensor:
+        return symexp((F.softmax(self.logits, -1) * self.grid).sum(-1))
+
+    def target(self, y: torch.Tensor) -> torch.Tensor:
+        """The two-hot encoding (..., bins) of targets y (...) in symlog space."""
+        x = symlog(y.float()).clamp(self.grid[0], self.grid[-1])
+        n = self.grid.numel()
+        above = torch.searchsorted(self.grid, x.unsqueeze(-1)).squeeze(-1).clamp(1, n - 1)
+        below = above - 1
+        lo, hi = self.grid[below], self.grid[above]
+        w_above = ((x - lo) / (hi - lo)).clamp(0, 1)
+        out = F.one_hot(below, n).float() * (1 - w_above).unsqueeze(-1)
+        return out + F.one_hot(above, n).float() * w_above.unsqueeze(-1)
+
+    def loss(self, y: torch.Tensor) -> torch.Tensor:
+        """-sum_k twohot(y)_k log softmax(logits)_k: (...)."""
+        return -(self.target(y) * F.log_softmax(self.logits, -1)).sum(-1)
+
+
+def keras_init_(module: nn.Module) -> nn.Module:
+    """Keras' defaults, as danijar's TensorFlow code has them: glorot-uniform weights and zero
+    biases for every linear and conv layer in `module` (in place; returns it). torch's default
+    draws weights from U(+-1/sqrt(fan_in)) (several times smaller for wide layers) and biases
+    from the same range."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
+def zero_output_(net: nn.Sequential) -> nn.Sequential:
+    """Zeros the last layer of an `mlp` (DreamerV3 starts its reward and critic heads at a
+    uniform two-hot, i.e. a prediction of 0)."""
+    nn.init.zeros_(net[-1].weight)
+    nn.init.zeros_(net[-1].bias)
+    return net

@@ -66,6 +66,9 @@ class DreamerConfig:
     train_steps: int = 1  # updates each time
     batch_size: int = 16  # sequences per batch
     batch_length: int = 50  # time steps per sequence
+    chunk_is_first: bool = False  # mark every sampled chunk's first row is_first, as danijar's
+    # replay does (its chunks never cross episodes); false: a chunk starting mid-episode starts
+    # from the zero state without the mark, and one crossing episodes is reset where it does
     eval_every: int = 10_000  # policy steps between evaluations; also at the end
     eval_episodes: int = 1  # episodes per evaluation (actor's mode), their mean is eval/return
     checkpoint_every: int = 1  # training episodes between checkpoints; also at the end
@@ -225,7 +228,10 @@ class Learner:
         self.model.train()
         done = 0
         while done < updates and not (stop and stop()):
-            self.metrics.add(self.update(replay.sample(self.cfg.batch_size, self.cfg.batch_length)))
+            batch = replay.sample(self.cfg.batch_size, self.cfg.batch_length)
+            if self.cfg.chunk_is_first:
+                batch["is_first"][:, 0] = True
+            self.metrics.add(self.update(batch))
             done += 1
         self.model.eval()
         return done

@@ -234,3 +234,56 @@ def test_update_on_real_world_models(kind):
     assert any(not torch.equal(a, b) for a, b in zip(before, ac.actor.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(model_before, model.parameters(), strict=True))
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def test_return_normalizer_follows_the_percentile_emas_of_numpy():
+    from wmrl.planners.actor_critic import ReturnNormalizer
+
+    rng = np.random.default_rng(0)
+    norm = ReturnNormalizer(decay=0.9)
+    low = high = 0.0
+    for i in range(20):
+        returns = rng.normal(3.0 * i, 1.0 + i, size=(16, 15))
+        scale = norm(torch.as_tensor(returns, dtype=torch.float32))
+        low = 0.9 * low + 0.1 * np.percentile(returns, 5)
+        high = 0.9 * high + 0.1 * np.percentile(returns, 95)
+        assert float(norm.low) == pytest.approx(low, rel=1e-4, abs=1e-4)
+        assert float(norm.high) == pytest.approx(high, rel=1e-4, abs=1e-4)
+        assert float(scale) == pytest.approx(max(1.0, high - low), rel=1e-4)
+    # returns that spread over less than 1 are not scaled up
+    assert float(ReturnNormalizer()(torch.full((8,), 0.3))) == 1.0
+
+
+def test_return_norm_divides_the_dynamics_objective_by_the_scale():
+    torch.manual_seed(0)
+    plain = ActorCritic(1, 1, small(horizon=5, actor_ent=0.0))
+    normed = ActorCritic(1, 1, small(horizon=5, actor_ent=0.0, return_norm=True))
+    normed.load_state_dict(plain.state_dict(), strict=False)
+    model = Integrator()
+    start = {"x": torch.randn(32, 1) * 50}  # returns spread far over 1
+    torch.manual_seed(1)
+    seq = plain.imagine(model, start)
+    target = plain.target(seq)
+    loss, _ = plain.actor_loss(seq, target)
+    loss_n, metrics = normed.actor_loss(seq, target)
+    scale = float(metrics["return_scale"])
+    q = np.percentile(target.detach().numpy(), [5, 95])
+    assert scale == pytest.approx(max(1.0, 0.01 * (q[1] - q[0])), rel=1e-4)  # first EMA step
+    assert float(loss_n.detach()) * scale == pytest.approx(float(loss.detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("grad", ["dynamics", "reinforce"])
+def test_actor_learns_the_toy_optimum_with_the_v3_options(grad):
+    """Return normalisation, a two-hot critic and Keras initialisation together still find the
+    best action of the integrator (+1); the two-hot critic starts at a value of 0."""
+    torch.manual_seed(1)
+    cfg = small(horizon=5, actor_grad=grad, actor_lr=3e-3, critic_lr=3e-3, slow_target_update=5,
+                return_norm=True, critic_bins=255, init="keras", actor_ent=3e-4)  # fmt: skip
+    ac = ActorCritic(1, 1, cfg)
+    assert float(ac.value(torch.randn(1, 1))) == pytest.approx(0.0, abs=1e-5)
+    model = Integrator()
+    start = {"x": torch.zeros(16, 4, 1)}
+    for _ in range(60):
+        metrics = ac.update(model, start)
+    assert float(ac.act(torch.zeros(1, 1), sample=False)) > 0.5
+    assert metrics["return_scale"] >= 1.0

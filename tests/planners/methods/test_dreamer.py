@@ -255,6 +255,42 @@ def test_the_training_update_never_waits_for_the_device(obs_shape):
         make_update(model, ac, optimizer, "meta", sync=True)(batch)
 
 
+V3 = {"unimix": 0.01, "symlog_obs": True, "reward_bins": 255, "free_avg": False, "init": "keras"}
+V3_AC = {"return_norm": True, "critic_bins": 255, "init": "keras", "actor_ent": 3e-4}
+
+
+def test_the_update_with_every_v3_option_never_waits_for_the_device():
+    cfg = tiny("unused")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **V3),
+                              ac=dataclasses.replace(cfg.ac, **V3_AC))  # fmt: skip
+    model, ac, optimizer = setup_update((5,), 2, "meta", cfg)
+    metrics = make_update(model, ac, optimizer, "meta", sync=False)(random_batch((5,), 2, 3, 6))
+    assert "ac/return_scale" in metrics
+    assert all(v.device.type == "meta" and v.shape == () for v in metrics.values())
+
+
+def test_chunk_is_first_marks_every_sampled_chunk_start():
+    """With chunk_is_first the batch's first row is an episode start (danijar's replay); without
+    it, a chunk that starts mid-episode keeps is_first false there."""
+
+    class Replay:
+        def sample(self, batch, length):
+            is_first = np.zeros((batch, length), bool)
+            is_first[0, 4] = True  # an episode boundary inside the first chunk
+            return {"is_first": is_first}
+
+    seen = []
+    for flag in (False, True):
+        learner = Learner.__new__(Learner)
+        learner.cfg = tiny("unused", chunk_is_first=flag, batch_size=3, batch_length=8)
+        learner.model = torch.nn.Linear(1, 1)
+        learner.metrics = type("M", (), {"add": lambda self, m: None})()
+        learner.update = lambda batch: seen.append(batch["is_first"].copy()) or {}
+        learner.train(Replay(), 1)
+    assert not seen[0][:, 0].any() and seen[0][0, 4]
+    assert seen[1][:, 0].all() and seen[1][0, 4] and seen[1][:, 1:].sum() == 1
+
+
 def test_the_update_without_sync_computes_what_the_syncing_one_does():
     """Two updates from the same seed and weights: the same metrics, the same weights after."""
     cfg = tiny("unused")
