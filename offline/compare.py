@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from wmrl.infra import apply_overrides, atomic_write_text, read_metrics
+from wmrl.infra.curves import Panel, align, plot_panels
 from wmrl.offline.trainer import ALGORITHMS, PRESETS, OfflineConfig, train_offline
 
 METRIC = "eval/normalized_score"
@@ -150,34 +151,20 @@ def markdown(table: list[dict]) -> str:
 
 def plot(runs: list[dict], path: Path) -> None:
     """Mean score against steps per algorithm, one panel per dataset, ± std shaded."""
-    # matplotlib loads only when a plot is drawn (it is slow to import), and the Agg backend
-    # must be chosen before pyplot is imported.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = sorted({r["dataset"] for r in runs})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.5), squeeze=False)
-    for ax, ds in zip(axes[0], datasets, strict=True):
+    panels = []
+    for ds in sorted({r["dataset"] for r in runs}):
         by_algo = defaultdict(list)
         for r in runs:
             if r["dataset"] == ds:
                 by_algo[r["algo"]].append(r)
-        for algo, rs in sorted(by_algo.items()):
-            n = min(len(r["steps"]) for r in rs)  # seeds cut to the shortest curve
-            steps = rs[0]["steps"][:n]
-            scores = np.stack([r["scores"][:n] for r in rs])
-            mean, std = scores.mean(0), scores.std(0)
-            ax.plot(steps, mean, label=algo)
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        ax.set_title(ds, fontsize=9)
-        ax.set_xlabel("gradient steps")
-        ax.set_ylabel("normalised score" if rs[0]["metric"] == METRIC else "return")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+        curves = {
+            algo: align([(r["steps"], r["scores"]) for r in rs])
+            for algo, rs in sorted(by_algo.items())
+        }
+        normalised = all(r["metric"] == METRIC for rs in by_algo.values() for r in rs)
+        ylabel = "normalised score" if normalised else "return"
+        panels.append(Panel(ds, curves, xlabel="gradient steps", ylabel=ylabel))
+    plot_panels(panels, path)
 
 
 def compare_offline(cfg: CompareConfig) -> list[dict]:
