@@ -295,9 +295,12 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
         loss, metrics, post = self._loss(batch)
         return loss, metric_floats(metrics), post
 
+    def _precision(self):
+        return autocast(self.device)  # bf16 on CUDA
+
     def train_step(self, batch: dict, optimizer: torch.optim.Optimizer, sync: bool = True):
         """One update: loss (bf16 autocast on CUDA), backward, clipping to global norm
-        `grad_clip`, optimizer step.
+        `grad_clip`, optimizer step; `update` of the base class.
 
         With `sync` the metrics come back as floats, and a non-finite loss or gradient raises
         FloatingPointError before the step touches the weights. Without it nothing waits for
@@ -306,10 +309,7 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
 
         Returns (metrics plus `grad_norm`, posterior states (B, T) detached).
         """
-        with autocast(self.device):
-            loss, metrics, post = self._loss(batch)
-        out = self._optimize(loss, metrics, optimizer, sync)
-        return out, {k: v.detach() for k, v in post.items()}
+        return self.update(batch, optimizer, sync)
 
 
 def _entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ A state is a dict of tensors with leading dims (B,) or (B, T): "deter" (..., det
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -155,6 +156,22 @@ class RecurrentStateSpaceModel(nn.Module):
         is_first = torch.as_tensor(is_first, device=self.device, dtype=torch.bool)
         return obs, action, is_first
 
+    def update(self, batch: dict, optimizer: torch.optim.Optimizer, sync: bool = True):
+        """One update on a replay batch (`loss`'s keys): loss, backward, clipping to the global
+        norm `cfg.grad_clip`, optimizer step; the same for every model of this family, so a
+        training loop takes either (DreamerV2's loop with PlaNet's RSSM is DreamerV1's learner).
+
+        Returns (metrics plus `grad_norm`, posterior states (B, T) detached); the metrics as
+        with `_optimize`'s `sync`."""
+        with self._precision():
+            loss, metrics, post = self._loss(batch)
+        out = self._optimize(loss, metrics, optimizer, sync)
+        return out, {k: v.detach() for k, v in post.items()}
+
+    def _precision(self):
+        """The context the loss runs in: full precision here (PlaNet); a subclass may autocast."""
+        return contextlib.nullcontext()
+
     def _optimize(self, loss, metrics: dict, optimizer, sync: bool = True) -> dict:
         """Backward, clip to the global norm `cfg.grad_clip`, step; returns the metrics plus
         `grad_norm` (before clipping).
@@ -196,7 +213,7 @@ class RSSM(RecurrentStateSpaceModel):
         self.cfg = cfg = cfg or RSSMConfig()
         self.obs_shape, self.action_dim = tuple(obs_shape), int(action_dim)
         self.pixels = self._check_obs_shape(self.obs_shape)
-        feat = cfg.deter + cfg.stoch
+        self.feat_dim = feat = cfg.deter + cfg.stoch  # the size of `features`
         if self.pixels:
             self.encoder = ConvEncoder(self.obs_shape[2])
             self.decoder = ConvDecoder(feat, self.obs_shape[2])
@@ -363,5 +380,4 @@ class RSSM(RecurrentStateSpaceModel):
         """One update: loss, backward, gradient clipping to global norm `grad_clip` (PlaNet's
         clip_by_global_norm), Adam step. Raises FloatingPointError on a non-finite loss before
         the step touches the weights. Returns the metrics plus `grad_norm` (before clipping)."""
-        loss, metrics, _ = self._loss(batch)
-        return self._optimize(loss, metrics, optimizer)
+        return self.update(batch, optimizer)[0]

@@ -20,6 +20,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,6 +44,11 @@ from wmrl.planners.methods.runs import LoadedRun, openloop_frames
 from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
 from wmrl.worldmodels.nets import make_optimizer
 from wmrl.worldmodels.protocol import map_state
+from wmrl.worldmodels.rssm import RSSM, RecurrentStateSpaceModel, RSSMConfig
+
+# PlaNet's Gaussian RSSM as danijar/dreamer (DreamerV1) trains it: model_lr 6e-4, grad_clip 100,
+# free nats 3, the reward's NLL unscaled; sizes and the rest PlaNet's.
+DREAMERV1_RSSM = {"lr": 6e-4, "grad_clip": 100.0, "reward_scale": 1.0}
 
 
 @dataclass
@@ -78,7 +84,10 @@ class DreamerConfig:
     openloop_horizon: int = 45  # frames predicted open loop from the real actions
     compile: bool = False  # torch.compile the per-step functions (filtering, imagination): for
     # GPUs, where a step's many small kernels cost more than their math; compiling takes a while
+    world_model: Literal["categorical", "gaussian"] = "categorical"  # categorical: DreamerV2's
+    # RSSM (--model.*); gaussian: PlaNet's (--rssm.*), which makes the run DreamerV1's learner
     model: CategoricalRSSMConfig = field(default_factory=CategoricalRSSMConfig)
+    rssm: RSSMConfig = field(default_factory=lambda: RSSMConfig(**DREAMERV1_RSSM))
     ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)
 
     def __post_init__(self):
@@ -128,7 +137,7 @@ class DreamerPolicy:
     a single env, whose belief `reset()` clears.
     """
 
-    def __init__(self, model: CategoricalRSSM, ac: ActorCritic, device, num_envs: int = 1):
+    def __init__(self, model: RecurrentStateSpaceModel, ac: ActorCritic, device, num_envs: int = 1):
         self.model, self.ac, self.device = model, ac, torch.device(device)
         self.num_envs = num_envs
         self.reset()
@@ -171,7 +180,12 @@ def build(cfg: DreamerConfig, device):
 
 
 def _networks(obs_shape, action_dim: int, cfg: DreamerConfig, device):
-    model = CategoricalRSSM(tuple(obs_shape), action_dim, cfg.model).to(device)
+    if cfg.world_model == "categorical":
+        model = CategoricalRSSM(tuple(obs_shape), action_dim, cfg.model).to(device)
+    elif cfg.world_model == "gaussian":
+        model = RSSM(tuple(obs_shape), action_dim, cfg.rssm).to(device)
+    else:
+        raise ValueError(f"world_model must be categorical or gaussian, got {cfg.world_model!r}")
     ac = ActorCritic(model.feat_dim, action_dim, cfg.ac).to(device)
     if cfg.compile:
         model.compile_steps()
@@ -190,7 +204,9 @@ def batch_to_device(batch: dict, device) -> dict:
     }
 
 
-def make_update(model: CategoricalRSSM, ac: ActorCritic, optimizer, device, sync: bool = True):
+def make_update(
+    model: RecurrentStateSpaceModel, ac: ActorCritic, optimizer, device, sync: bool = True
+):
     """One DreamerV2 update on a replay batch (numpy): world model, then actor-critic from
     every posterior state. Returns the merged metrics (`model/...`, `ac/...`): floats with
     `sync` (a non-finite loss raises before it reaches the weights), else device tensors, and
@@ -198,8 +214,9 @@ def make_update(model: CategoricalRSSM, ac: ActorCritic, optimizer, device, sync
 
     def update(batch: dict) -> dict:
         batch = batch_to_device(batch, device)
-        wm_metrics, post = model.train_step(batch, optimizer, sync)
-        terminal = batch["is_terminal"] if model.discount_head is not None else None
+        wm_metrics, post = model.update(batch, optimizer, sync)
+        predicts_ends = getattr(model, "discount_head", None) is not None
+        terminal = batch["is_terminal"] if predicts_ends else None
         ac_metrics = ac.update(model, post, is_terminal=terminal, sync=sync)
         return {
             **{f"model/{k}": v for k, v in wm_metrics.items()},
@@ -216,7 +233,9 @@ class Learner:
     the host once per logged episode, where a non-finite update is caught before the checkpoint
     that would save it."""
 
-    def __init__(self, model: CategoricalRSSM, ac: ActorCritic, cfg: DreamerConfig, device):
+    def __init__(
+        self, model: RecurrentStateSpaceModel, ac: ActorCritic, cfg: DreamerConfig, device
+    ):
         self.model, self.ac, self.cfg = model, ac, cfg
         self.optimizer = make_optimizer(model)
         self.update = make_update(model, ac, self.optimizer, device, sync=False)
@@ -278,7 +297,9 @@ def evaluate(env, policy: DreamerPolicy, episodes: int) -> float:
     return float(np.mean(returns))
 
 
-def openloop_gif(run: Run, model: CategoricalRSSM, replay, cfg: DreamerConfig, step: int) -> None:
+def openloop_gif(
+    run: Run, model: RecurrentStateSpaceModel, replay, cfg: DreamerConfig, step: int
+) -> None:
     """The open-loop video of the newest replay episode (pixel models only) into the run."""
     if not model.pixels:
         return
@@ -500,16 +521,21 @@ def fix_nonfinite(run: Run, cfg: DreamerConfig) -> str:
     )
 
 
-def meta(cfg: DreamerConfig, model: CategoricalRSSM) -> dict:
-    """What a resumed run's checkpoint must match."""
-    return {
+def meta(cfg: DreamerConfig, model: RecurrentStateSpaceModel) -> dict:
+    """What a resumed run's checkpoint must match. The kind of world model is None for the
+    categorical one, as checkpoints from before the option hold no kind."""
+    out = {
         "job": "dreamer",
         "env": cfg.env,
         "obs_type": "pixels" if model.pixels else "state",
-        "deter": cfg.model.deter,
-        "stoch": cfg.model.stoch,
-        "classes": cfg.model.classes,
+        "deter": model.cfg.deter,
+        "stoch": model.cfg.stoch,
     }
+    if cfg.world_model == "categorical":
+        out.update(classes=cfg.model.classes, world_model=None)
+    else:
+        out["world_model"] = cfg.world_model
+    return out
 
 
 def load_run(run_dir: Path, device) -> LoadedRun:
@@ -528,10 +554,7 @@ def setup_update(obs_shape, action_dim: int, device, config: DreamerConfig | Non
     says otherwise): (model, actor_critic, optimizer), for `make_update`."""
     cfg = config or DreamerConfig()
     model, ac = _networks(obs_shape, action_dim, cfg, device)
-    optimizer = make_optimizer(
-        model.parameters(), cfg.model.lr, cfg.model.adam_eps, cfg.model.weight_decay
-    )
-    return model, ac, optimizer
+    return model, ac, make_optimizer(model)
 
 
 def random_batch(obs_shape, action_dim: int, batch: int, length: int, seed: int = 0) -> dict:

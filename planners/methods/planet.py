@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,8 +35,9 @@ from wmrl.infra.config import at_least
 from wmrl.infra.metrics import nonfinite_fix
 from wmrl.planners.cem import CEMConfig, Planner
 from wmrl.planners.methods.runs import LoadedRun, openloop_frames
+from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
 from wmrl.worldmodels.nets import make_optimizer
-from wmrl.worldmodels.rssm import RSSM, RSSMConfig
+from wmrl.worldmodels.rssm import RSSM, RecurrentStateSpaceModel, RSSMConfig
 
 
 @dataclass
@@ -60,7 +62,10 @@ class PlaNetConfig:
     gif_every: int = 50  # planner episodes between open-loop prediction GIFs (0: only at the end)
     openloop_context: int = 5  # frames the model observes before predicting open loop
     openloop_horizon: int = 45  # frames predicted open loop from the real actions
+    world_model: Literal["gaussian", "categorical"] = "gaussian"  # gaussian: PlaNet's RSSM
+    # (--model.*); categorical: DreamerV2's (--categorical.*), CEM planning on its latents
     model: RSSMConfig = field(default_factory=RSSMConfig)  # the world model
+    categorical: CategoricalRSSMConfig = field(default_factory=CategoricalRSSMConfig)
     cem: CEMConfig = field(default_factory=CEMConfig)  # the planner
 
     def __post_init__(self):
@@ -180,14 +185,16 @@ CPU_ADVICE = ("--obs-type state learns from state observations on a CPU; pixels 
               "(--device cuda)")  # fmt: skip
 
 
-def meta(cfg: PlaNetConfig, model: RSSM) -> dict:
+def meta(cfg: PlaNetConfig, model: RecurrentStateSpaceModel) -> dict:
     """What a checkpoint must agree on with the run that resumes it."""
     return {
         "job": "planet",
         "env": cfg.env,
         "obs_type": "pixels" if model.pixels else "state",
-        "deter": cfg.model.deter,
-        "stoch": cfg.model.stoch,
+        "deter": model.cfg.deter,
+        "stoch": model.cfg.stoch,
+        # None for PlaNet's own model, as checkpoints from before the option hold no kind
+        "world_model": None if cfg.world_model == "gaussian" else cfg.world_model,
     }
 
 
@@ -196,7 +203,7 @@ class Learner:
     (B = `cfg.batch_size` sequences of L = `cfg.chunk_length` steps) and adds their metrics to
     `metrics`; `means` gives their means, which the loop logs once per episode."""
 
-    def __init__(self, model: RSSM, cfg: PlaNetConfig, device, run: Run | None = None):
+    def __init__(self, model, cfg: PlaNetConfig, device, run: Run | None = None):
         self.model, self.cfg, self.device, self.run = model, cfg, device, run
         self.optimizer = make_optimizer(model)
         self.metrics = MeanMetrics()
@@ -218,7 +225,7 @@ class Learner:
             batch = replay.sample(self.cfg.batch_size, self.cfg.chunk_length)
             batch = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
             try:
-                self.metrics.add(self.model.train_step(batch, self.optimizer))
+                self.metrics.add(self.model.update(batch, self.optimizer)[0])
             except FloatingPointError as exc:
                 raise FloatingPointError(
                     f"PlaNet update {update + 1}/{self.cfg.train_steps} before {before}: {exc}; "
@@ -267,11 +274,17 @@ def evaluate(env, planner: Planner, episodes: int) -> float:
     return float(np.mean(returns))
 
 
-def build_model(cfg: PlaNetConfig, device) -> tuple[RSSM, object]:
-    """The env of `cfg` and an RSSM sized for its spaces: (model, env)."""
+def build_model(cfg: PlaNetConfig, device) -> tuple[RecurrentStateSpaceModel, object]:
+    """The env of `cfg` and the world model of `cfg.world_model` sized for its spaces:
+    (model, env)."""
     env = make(cfg.env, **env_options(cfg))
     obs_shape, action_dim = env.observation_space.shape, int(np.prod(env.action_space.shape))
-    return RSSM(obs_shape, action_dim, cfg.model).to(device), env
+    if cfg.world_model == "gaussian":
+        return RSSM(obs_shape, action_dim, cfg.model).to(device), env
+    if cfg.world_model == "categorical":
+        return CategoricalRSSM(obs_shape, action_dim, cfg.categorical).to(device), env
+    env.close()
+    raise ValueError(f"world_model must be gaussian or categorical, got {cfg.world_model!r}")
 
 
 def load_run(run_dir: Path, device) -> LoadedRun:

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from wmrl.envs.replay import EpisodeReplay, ReplayRepairWarning
-from wmrl.infra import CheckpointError, RunStopped, load_checkpoint, read_metrics
+from wmrl.infra import CheckpointError, RunStopped, load_checkpoint, read_meta, read_metrics
 from wmrl.planners.actor_critic import ActorCriticConfig
 from wmrl.planners.methods.dreamer import (
     PRESETS,
@@ -459,3 +459,23 @@ def test_ctrl_c_in_the_pretraining_stops_between_updates_and_resumes_the_rest(
     resumed = train_dreamer(tiny(tmp_path / "run", pretrain=20), resume=True)
     whole = train_dreamer(tiny(tmp_path / "whole", pretrain=20))
     assert resumed["updates"] == whole["updates"] == 20 + 3
+
+
+def test_the_actor_critic_learns_on_planets_gaussian_rssm_dreamerv1(tmp_path):
+    """--world-model gaussian: the loop trains PlaNet's RSSM (DreamerV1's learner) and the
+    actor-critic on its posteriors; it resumes, and a categorical run cannot resume it."""
+    from wmrl.worldmodels.rssm import RSSMConfig
+
+    run = tmp_path / "run"
+    rssm = RSSMConfig(deter=8, stoch=3, hidden=8, reward_hidden=8, lr=6e-4, grad_clip=100.0)
+    cfg = tiny(run, world_model="gaussian", rssm=rssm)
+    summary = train_dreamer(cfg)
+    assert summary["updates"] == 5 and np.isfinite(summary["eval_return"])
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["model"]["gru.weight_hh"].shape == (3 * 8, 8)  # nn.GRUCell: PlaNet's RSSM
+    assert read_meta(run / "checkpoint.pt")["world_model"] == "gaussian"
+    last = read_metrics(run)[-1]
+    assert np.isfinite(last["train/model/post_std"]) and np.isfinite(last["train/ac/actor_loss"])
+    assert train_dreamer(dataclasses.replace(cfg, steps=3000), resume=True)["env_steps"] == 3000
+    with pytest.raises(CheckpointError, match="world_model"):
+        train_dreamer(tiny(run, steps=4000), resume=True)

@@ -95,3 +95,22 @@ def test_smoke_preset_and_help():
         cwd=ROOT,
     )
     assert result.returncode == 0 and "--cem.candidates" in result.stdout
+
+
+def test_cem_plans_on_the_categorical_rssm_in_the_loop(tmp_path, tiny):
+    """--world-model categorical: DreamerV2's RSSM trained by PlaNet's loop and planned on by
+    CEM; the checkpoint holds its weights, and a Gaussian run cannot resume it."""
+    from wmrl.worldmodels.categorical_rssm import CategoricalRSSMConfig
+
+    small = CategoricalRSSMConfig(deter=16, hidden=16, stoch=4, classes=4, mlp_layers=1,
+                                  mlp_units=16)  # fmt: skip
+    run = tmp_path / "run"
+    summary = train_planet(tiny(run, world_model="categorical", categorical=small))
+    assert summary["episodes"] == 2 and np.isfinite(summary["eval_return"])
+    model = weights(run)
+    assert model["img_out.0.weight"].shape == (16, 16)  # deter -> hidden
+    assert model["img_out.2.weight"].shape == (4 * 4, 16)  # hidden -> stoch x classes logits
+    rows = [r for r in read_metrics(run) if "train/kl_loss" in r]
+    assert rows and all(np.isfinite(r["train/prior_ent"]) for r in rows)  # the categorical's
+    with pytest.raises(CheckpointError, match="world_model"):
+        train_planet(tiny(run, episodes=3), resume=True)
