@@ -79,6 +79,7 @@ class ActorCriticConfig:
     critic_bins: int = 0  # > 0: a two-hot critic over this many symlog bins (V3: 255), else
     # a unit Gaussian
     init: Literal["torch", "keras"] = "torch"  # keras: glorot-uniform weights, zero biases
+    layernorm: bool = False  # LayerNorm before every hidden activation of actor and critic (V3)
 
 
 # ------------------------------------------------------------------------------- distributions
@@ -204,14 +205,15 @@ def frozen(module):
 
 # ---------------------------------------------------------------------------------- the agent
 class Actor(nn.Module):
-    """MLP (layers x units, ELU) -> TruncNormal(tanh(mean), 2 sigmoid((s + init_std) / 2) +
-    min_std) on [-1, 1] for continuous actions, or OneHotDist for discrete ones."""
+    """MLP (layers x units, ELU; LayerNorm before each activation with `layernorm`) ->
+    TruncNormal(tanh(mean), 2 sigmoid((s + init_std) / 2) + min_std) on [-1, 1] for continuous
+    actions, or OneHotDist for discrete ones."""
 
     def __init__(self, feat_dim: int, action_dim: int, cfg: ActorCriticConfig, discrete: bool):
         super().__init__()
         self.cfg, self.discrete = cfg, discrete
         out = action_dim if discrete else 2 * action_dim
-        self.net = mlp(feat_dim, out, cfg.units, cfg.layers, nn.ELU)
+        self.net = mlp(feat_dim, out, cfg.units, cfg.layers, nn.ELU, cfg.layernorm)
 
     def forward(self, feat: torch.Tensor):
         out = self.net(feat).float()
@@ -241,7 +243,8 @@ class ActorCritic(nn.Module):
         self.cfg = cfg = cfg or ActorCriticConfig()
         self.action_dim, self.discrete = action_dim, discrete
         self.actor = Actor(feat_dim, action_dim, cfg, discrete)
-        self.critic = mlp(feat_dim, cfg.critic_bins or 1, cfg.units, cfg.layers, nn.ELU)
+        out = cfg.critic_bins or 1
+        self.critic = mlp(feat_dim, out, cfg.units, cfg.layers, nn.ELU, cfg.layernorm)
         if cfg.init == "keras":
             keras_init_(self)
         elif cfg.init != "torch":

@@ -287,3 +287,15 @@ def test_actor_learns_the_toy_optimum_with_the_v3_options(grad):
         metrics = ac.update(model, start)
     assert float(ac.act(torch.zeros(1, 1), sample=False)) > 0.5
     assert metrics["return_scale"] >= 1.0
+
+
+def test_layernorm_normalises_every_hidden_layer_of_actor_and_critic():
+    torch.manual_seed(0)
+    ac = ActorCritic(6, 2, ActorCriticConfig(layernorm=True, units=32, layers=3))
+    for net in (ac.actor.net, ac.critic):
+        norms = [m for m in net if isinstance(m, nn.LayerNorm)]
+        assert len(norms) == 3
+        h = net[:2](torch.randn(64, 6) * 100)  # Linear, LayerNorm: any input scale
+        assert torch.allclose(h.mean(-1), torch.zeros(64), atol=1e-5)
+        assert torch.allclose(h.std(-1, unbiased=False), torch.ones(64), atol=1e-3)
+    assert not any(isinstance(m, nn.LayerNorm) for m in ActorCritic(6, 2, small()).modules())
