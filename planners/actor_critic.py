@@ -41,7 +41,7 @@ from wmrl.worldmodels.categorical_rssm import straight_through_onehot
 from wmrl.worldmodels.nets import (
     TwoHot,
     gaussian_nll,
-    keras_init_,
+    init_,
     make_optimizer,
     mlp,
     zero_output_,
@@ -245,10 +245,7 @@ class ActorCritic(nn.Module):
         self.actor = Actor(feat_dim, action_dim, cfg, discrete)
         out = cfg.critic_bins or 1
         self.critic = mlp(feat_dim, out, cfg.units, cfg.layers, nn.ELU, cfg.layernorm)
-        if cfg.init == "keras":
-            keras_init_(self)
-        elif cfg.init != "torch":
-            raise ValueError(f"init must be torch or keras, got {cfg.init!r}")
+        init_(self, cfg.init)
         if cfg.critic_bins:
             zero_output_(self.critic)
         self.return_norm = ReturnNormalizer(cfg.return_norm_decay) if cfg.return_norm else None

@@ -35,7 +35,7 @@ from wmrl.worldmodels.nets import (
     LayerNormGRUCell,
     TwoHot,
     gaussian_nll,
-    keras_init_,
+    init_,
     mlp,
     symexp,
     symlog,
@@ -170,10 +170,7 @@ class CategoricalRSSM(RecurrentStateSpaceModel):
         self.discount_head = (
             mlp(self.feat_dim, 1, units, layers, act) if cfg.pred_discount else None
         )
-        if cfg.init == "keras":
-            keras_init_(self)
-        elif cfg.init != "torch":
-            raise ValueError(f"init must be torch or keras, got {cfg.init!r}")
+        init_(self, cfg.init)
         if cfg.reward_bins:
             zero_output_(self.reward_head)
 

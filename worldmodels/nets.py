@@ -272,6 +272,16 @@ class TwoHot:
         return -(self.target(y) * F.log_softmax(self.logits, -1)).sum(-1)
 
 
+def init_(module: nn.Module, init: str) -> nn.Module:
+    """`init` "torch" leaves torch's initialisation, "keras" applies `keras_init_` (in place;
+    returns the module); a clear error for anything else."""
+    if init == "keras":
+        return keras_init_(module)
+    if init != "torch":
+        raise ValueError(f"init must be torch or keras, got {init!r}")
+    return module
+
+
 def keras_init_(module: nn.Module) -> nn.Module:
     """Keras' defaults, as danijar's TensorFlow code has them: glorot-uniform weights and zero
     biases for every linear and conv layer in `module` (in place; returns it). torch's default
