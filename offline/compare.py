@@ -6,7 +6,8 @@
 
 Runs live in logdir/<algo>/<dataset id with / as __>/seed<k>; a finished run is read, not
 rerun, an interrupted one resumes from its last checkpoint (written at every evaluation), and
-one stopped before its first checkpoint starts over. Any run directory holding config.json
+one stopped before its first checkpoint starts over. Every run gets CORL's values for its
+dataset (`corl_preset`, as in `offline.trainer`). Any run directory holding config.json
 and metrics.jsonl with eval/ rows is tabulated, so runs made by hand and MOReL's (its config's
 `algo` is "morel") join the table.
 
@@ -23,6 +24,7 @@ import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -42,6 +44,7 @@ class CompareConfig:
     eval_every: int = 5000
     eval_episodes: int = 10
     preset: str = "default"  # an offline.trainer preset for every run ("smoke" for a dry run)
+    corl_preset: Literal["auto", "none"] = "auto"  # CORL's per-dataset values in every run, or not
     device: str = "auto"
     logdir: str = "runs/compare"
     out: str = ""  # output path without suffix; empty: <logdir>/comparison
@@ -75,7 +78,7 @@ def run_grid(cfg: CompareConfig) -> list[Path]:
                         "algo": algo, "dataset": dataset, "seed": seed, "logdir": str(d),
                         "steps": cfg.steps, "eval_every": cfg.eval_every,
                         "eval_episodes": cfg.eval_episodes, "device": cfg.device,
-                        "checkpoint_every": cfg.eval_every,
+                        "checkpoint_every": cfg.eval_every, "corl_preset": cfg.corl_preset,
                     },
                 )  # fmt: skip
                 resume = (d / "checkpoint.pt").exists()

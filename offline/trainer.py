@@ -8,6 +8,10 @@ The dataset's states are z-scored with its own statistics where the algorithm's 
 r * 1000 / (max episode return - min episode return), where it says `normalize_reward`. Only
 terminations stop bootstrapping (`envs.to_transitions`).
 
+CORL's per-dataset values (`offline.corl_presets`) are applied when a run starts, picked from
+the dataset id (`corl_preset` "auto"; "none" keeps our defaults); settings given explicitly win
+over them, and config.json names the preset applied, so a resumed run keeps it.
+
 metrics.jsonl (step = gradient steps): train/<loss terms> averaged over `log_every` updates,
 train/updates_per_s, eval/return (mean over `eval_episodes` deterministic episodes),
 eval/return_std and, for datasets with reference scores, eval/normalized_score (D4RL scale).
@@ -15,10 +19,14 @@ eval/return_std and, for datasets with reference scores, eval/normalized_score (
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 import gymnasium as gym
@@ -28,7 +36,7 @@ import torch
 from wmrl.envs.datasets import load_dataset
 from wmrl.envs.rollout import episode_returns, eval_env
 from wmrl.infra import Every, MeanMetrics, Run
-from wmrl.infra.config import at_least
+from wmrl.infra.config import CONFIG_FILE, apply_overrides, at_least, build_parser, get_path
 from wmrl.infra.metrics import nonfinite_fix
 from wmrl.offline.awac import AWAC, AWACConfig
 from wmrl.offline.bc import BC, BCConfig
@@ -40,6 +48,7 @@ from wmrl.offline.common import (
     score_row,
     symmetric_bound,
 )
+from wmrl.offline.corl_presets import family, preset_for
 from wmrl.offline.cql import CQL, CQLConfig
 from wmrl.offline.edac import EDAC, EDACConfig
 from wmrl.offline.iql import IQL, IQLConfig
@@ -74,6 +83,8 @@ class OfflineConfig:
     eval_episodes: int = 10
     log_every: int = 1000
     checkpoint_every: int = 50_000
+    corl_preset: str = "auto"  # auto: CORL's values for this algorithm on --dataset (D4RL names,
+    # Minari and make_dataset ids); none: our defaults. config.json holds the one applied.
     # One config per algorithm, each with its paper's values: --iql.beta 10, --cql.cql_alpha 5.
     bc: BCConfig = field(default_factory=BCConfig)
     td3bc: TD3BCConfig = field(default_factory=TD3BCConfig)
@@ -89,6 +100,10 @@ class OfflineConfig:
         at_least(self, 0, "eval_episodes")
         for algo in typing.get_args(AlgoName):  # each algorithm's batch
             at_least(getattr(self, algo), 1, "batch_size")
+        if self.corl_preset not in ("auto", "none") and not self.corl_preset.startswith("corl/"):
+            raise ValueError(  # corl/<algo>/<dataset>: the one a run applied, in config.json
+                f"corl_preset must be auto or none, got {self.corl_preset!r}"
+            )
 
 
 def _smoke() -> dict:
@@ -101,6 +116,55 @@ def _smoke() -> dict:
 
 # "smoke": a few hundred small updates, for checking that a run goes end to end.
 PRESETS = {"default": {}, "smoke": _smoke()}
+
+
+def command_line_fields(argv: Sequence[str] | None = None) -> set[str]:
+    """The config fields a command line sets, by its flags or its --preset: those win over the
+    CORL preset. (A bad command line ends here, with parse_config's one-line error.)"""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in args or "--help" in args:
+        return set()
+    given = vars(build_parser(OfflineConfig, PRESETS, None).parse_args(args))
+    preset = given.pop("preset", None)
+    given.pop("resume", None)
+    return set(given) | set(PRESETS.get(preset, {}))
+
+
+def apply_corl_preset(cfg: OfflineConfig, keep: Iterable[str] = ()) -> tuple[OfflineConfig, str]:
+    """Resolve `cfg.corl_preset` "auto" into CORL's values of `cfg.algo` for `cfg.dataset`
+    (`corl_presets.preset_for`), except for the fields in `keep` (the flags given) and those
+    already set away from their defaults, which keep their values.
+
+    Returns the config, its corl_preset now the name of the preset applied or "none", and one
+    line that says what was applied. A name or "none" is left as it is."""
+    if cfg.corl_preset == "none":
+        return cfg, "no CORL preset (corl_preset none); using the defaults"
+    if cfg.corl_preset != "auto":
+        return cfg, f"preset {cfg.corl_preset}, as the run's config says"
+    found = preset_for(cfg.algo, cfg.dataset)
+    if found is None:
+        with_algo = f" with {cfg.algo}" if family(cfg.dataset) else ""  # CORL skips it there
+        line = f"no CORL preset for {cfg.dataset}{with_algo}; using the defaults"
+        return replace(cfg, corl_preset="none"), line
+    name, values = found
+    defaults, keep = OfflineConfig(), set(keep)
+    kept = [p for p in values if p in keep or get_path(cfg, p) != get_path(defaults, p)]
+    applied = {p: v for p, v in values.items() if p not in kept}
+    cfg = apply_overrides(cfg, {**applied, "corl_preset": name}, source=f"preset {name!r}")
+    line = f"preset {name}: "
+    line += ", ".join(f"{p}={v}" for p, v in applied.items()) or "CORL's values are our defaults"
+    if kept:
+        line += "; kept as given: " + ", ".join(f"{p}={get_path(cfg, p)}" for p in kept)
+    return cfg, line + " (--corl-preset none: our defaults)"
+
+
+def _started_without_presets(logdir: str) -> bool:
+    """Whether the run in `logdir` began before presets existed (config.json without
+    corl_preset): resumed, it keeps the settings it began with."""
+    try:
+        return "corl_preset" not in json.loads((Path(logdir) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def reward_scale(dataset) -> float:
@@ -176,11 +240,17 @@ def train_row(metrics: MeanMetrics, seconds: float, what: str, fix: str) -> dict
     return row
 
 
-def train_offline(cfg: OfflineConfig, resume: bool = False) -> dict:
+def train_offline(cfg: OfflineConfig, resume: bool = False, keep: Iterable[str] = ()) -> dict:
     """Train `cfg.algo` on `cfg.dataset` for `cfg.steps` gradient steps; with `resume`, continue
-    the run in `cfg.logdir` from its checkpoint. Returns a summary dict."""
+    the run in `cfg.logdir` from its checkpoint. CORL's preset for the dataset is applied first
+    (`apply_corl_preset`; `keep`: fields set explicitly, which it leaves alone). Returns a
+    summary dict."""
     if not cfg.dataset:
         raise ValueError("--dataset is required: a Minari dataset id or path")
+    if resume and cfg.corl_preset == "auto" and _started_without_presets(cfg.logdir):
+        cfg = replace(cfg, corl_preset="none")
+    cfg, line = apply_corl_preset(cfg, keep)
+    print(line, file=sys.stderr)
     with Run(cfg, resume, desc=cfg.algo) as run:
         dataset = load_dataset(cfg.dataset, download=cfg.download)
         env = run.closing(eval_env(dataset, cfg.env))
