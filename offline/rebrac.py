@@ -20,7 +20,8 @@ tunes both per dataset; CORL's configs (configs/offline/rebrac/<env>/<dataset>.y
     halfcheetah-medium-v2  actor_bc_coef 0.001  critic_bc_coef 0.01
     hopper-medium-v2       actor_bc_coef 0.01   critic_bc_coef 0.01
     walker2d-medium-v2     actor_bc_coef 0.05   critic_bc_coef 0.1
-set with --rebrac.actor_bc_coef / --rebrac.critic_bc_coef.
+which a run applies by itself for a dataset CORL tunes (`offline.corl_presets`); elsewhere set
+them with --rebrac.actor_bc_coef / --rebrac.critic_bc_coef.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class ReBRACConfig:
     critic_lr: float = 1e-3
     discount: float = 0.99  # CORL's gamma
     tau: float = 5e-3  # targets' Polyak rate, on actor updates
-    actor_bc_coef: float = 1.0  # per dataset in the paper, see the module docstring
+    actor_bc_coef: float = 1.0  # per dataset: CORL's preset for the dataset, see the docstring
     critic_bc_coef: float = 1.0
     actor_ln: bool = False
     critic_ln: bool = True
