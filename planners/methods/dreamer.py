@@ -101,6 +101,28 @@ PRESETS = {
     # danijar's dmc_proprio: state observations, the same model with MLP encoder and decoder,
     # and a longer prefill.
     "state": {"obs_type": "state", "prefill": 5000},
+    # State observations sized for a CPU core (issue #20's search; docs/results.md): action
+    # repeat 8, as PlaNet has for cartpole, so that the 15 imagined steps span 120 env steps;
+    # an update every policy step (about as many updates per env step as dmc_vision's); the
+    # small networks; 100k env steps. 453.8 on cartpole-swingup at 50k env steps (seed 0).
+    "state-cpu": {
+        "obs_type": "state",
+        "action_repeat": 8,
+        "steps": 100_000,
+        "prefill": 625,
+        "pretrain": 100,
+        "train_every": 1,
+        "eval_every": 625,
+        "eval_episodes": 10,
+        "model.deter": 64,
+        "model.hidden": 64,
+        "model.stoch": 16,
+        "model.classes": 16,
+        "model.mlp_units": 64,
+        "model.mlp_layers": 2,
+        "ac.units": 64,
+        "ac.layers": 2,
+    },
     # Every part once at tiny sizes, with pixels (cartpole at repeat 8: 125 policy steps per
     # episode): a prefill episode, a training episode, an evaluation and the open-loop GIF.
     "smoke": {

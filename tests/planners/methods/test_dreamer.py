@@ -15,7 +15,14 @@ import pytest
 import torch
 
 from wmrl.envs.replay import EpisodeReplay, ReplayRepairWarning
-from wmrl.infra import CheckpointError, RunStopped, load_checkpoint, read_meta, read_metrics
+from wmrl.infra import (
+    CheckpointError,
+    RunStopped,
+    apply_overrides,
+    load_checkpoint,
+    read_meta,
+    read_metrics,
+)
 from wmrl.planners.actor_critic import ActorCriticConfig
 from wmrl.planners.methods.dreamer import (
     PRESETS,
@@ -207,7 +214,12 @@ def test_defaults_presets_and_help():
     assert (m.kl_balance, m.free_nats, m.lr, m.adam_eps, m.grad_clip) == (0.8, 1.0, 3e-4, 1e-5, 100)
     assert (ac.horizon, ac.discount, ac.discount_lambda, ac.actor_ent) == (15, 0.99, 0.95, 1e-4)
     assert (ac.actor_lr, ac.critic_lr, ac.slow_target_update) == (8e-5, 8e-5, 100)
-    assert set(PRESETS) >= {"default", "smoke", "state"}
+    assert set(PRESETS) >= {"default", "smoke", "state", "state-cpu"}
+    # state-cpu is the command of docs/results.md's action-repeat-8 row
+    cpu = apply_overrides(DreamerConfig(), PRESETS["state-cpu"])
+    assert (cpu.obs_type, cpu.action_repeat, cpu.prefill, cpu.train_every) == ("state", 8, 625, 1)
+    assert cpu.prefill * cpu.action_repeat == 5000 and cpu.eval_every * cpu.action_repeat == 5000
+    assert (cpu.model.deter, cpu.model.stoch, cpu.model.classes, cpu.ac.units) == (64, 16, 16, 64)
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train_dreamer.py"), "--help"],
         capture_output=True,
