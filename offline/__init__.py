@@ -1,5 +1,5 @@
 """Offline RL on Minari datasets: the model-free suite (BC, TD3+BC, CQL, IQL, AWAC, ReBRAC, SAC-N,
-EDAC; one file each, trained by `trainer`), MOReL (`offline.morel`), the comparison of runs
+EDAC, SAC-RND; one file each, trained by `trainer`), MOReL (`offline.morel`), the comparison of runs
 (`compare`), and dataset generation with its online SAC (`offline.datagen`).
 
     from wmrl.offline import ALGORITHMS, OfflineConfig, train_offline

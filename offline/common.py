@@ -411,3 +411,30 @@ class DeterministicActor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.max_action * torch.tanh(self.net(obs))
+
+
+def layernorm_after_relu(net: nn.Sequential) -> nn.Sequential:
+    """`net` (the suite's Linear -> LayerNorm -> ReLU) reordered to CORL's ReBRAC layers,
+    Linear -> ReLU -> LayerNorm; the parameters are the same modules."""
+    mods = list(net)
+    for i in range(len(mods) - 1):
+        if isinstance(mods[i], nn.LayerNorm | EnsembleLayerNorm) and isinstance(
+            mods[i + 1], nn.ReLU
+        ):
+            mods[i], mods[i + 1] = mods[i + 1], mods[i]
+    return nn.Sequential(*mods)
+
+
+def edac_init(actor: TanhGaussianActor, critic: EnsembleCritic) -> None:
+    """The EDAC paper's init (CORL's): hidden biases 0.1; the actor's output layer uniform in
+    +-1e-3 and the critics' in +-3e-3, weights and biases."""
+    with torch.no_grad():
+        for lin in [m for m in actor.net if isinstance(m, nn.Linear)][:-1]:
+            lin.bias.fill_(0.1)
+        nn.init.uniform_(actor.net[-1].weight, -1e-3, 1e-3)
+        nn.init.uniform_(actor.net[-1].bias, -1e-3, 1e-3)
+        linears = [m for m in critic.net if isinstance(m, EnsembleLinear)]
+        for lin in linears[:-1]:
+            lin.bias.fill_(0.1)
+        nn.init.uniform_(linears[-1].weight, -3e-3, 3e-3)
+        nn.init.uniform_(linears[-1].bias, -3e-3, 3e-3)

@@ -6,7 +6,10 @@ rebrac, sac_n, td3_bc) and D4RL dataset. Only facts are taken from them: the val
 across an algorithm's datasets, stored here under our field names where they differ from our
 defaults. Every other value in these files equals our default, has no counterpart in our
 configs (docs/offline.md lists those), or is the same on every dataset (SAC-N's and EDAC's 3M
-steps: --steps).
+steps: --steps). SAC-RND is not in that commit: its values come from CORL's SAC-RND pull request
+(github.com/tinkoff-ai/CORL commit 3a599ea4609bc9079a51febeb057ccd53f22dcfe,
+configs/sac_rnd/<env>/<dataset>.yaml), one file for each of the 18 locomotion and 6 antmaze
+datasets.
 
     preset_for("iql", "mujoco/hopper/medium-v0")
     -> ("corl/iql/hopper-medium", {"iql.iql_deterministic": True, "iql.tau": 0.001})
@@ -16,8 +19,8 @@ table has one entry per dataset CORL tunes it on, empty where CORL's values are 
 
 Our `normalize_reward` is the locomotion scaling r * 1000 / (max - min episode return); it is
 CORL's `normalize_reward` on halfcheetah, hopper and walker2d only. CORL's reward change on
-antmaze (r - 1; ReBRAC r * 100; CQL r * reward_scale + reward_bias) is not in our configs, so
-an antmaze preset leaves rewards as they are.
+antmaze (r - 1; ReBRAC and SAC-RND r * 100; CQL r * reward_scale + reward_bias) is not in our
+configs, so an antmaze preset leaves rewards as they are.
 """
 
 from __future__ import annotations
@@ -104,6 +107,45 @@ def _rebrac(name: str) -> dict[str, Any]:
     return {"actor_bc_coef": actor, "critic_bc_coef": critic, **rest}
 
 
+# SAC-RND's bonus weights, (actor_beta, critic_beta), per dataset; 1.0 is our default.
+_SACRND_BETA = {
+    "halfcheetah-random": (0.1, 0.1),
+    "halfcheetah-medium": (0.3, 0.3),
+    "halfcheetah-medium-replay": (0.1, 0.1),
+    "halfcheetah-medium-expert": (0.1, 0.1),
+    "halfcheetah-expert": (6.0, 6.0),
+    "halfcheetah-full-replay": (3.0, 3.0),
+    "hopper-random": (5.0, 5.0),
+    "hopper-medium": (25.0, 25.0),
+    "hopper-medium-replay": (8.0, 8.0),
+    "hopper-medium-expert": (15.0, 15.0),
+    "hopper-expert": (20.0, 20.0),
+    "hopper-full-replay": (3.0, 3.0),
+    "walker2d-random": (1.0, 1.0),
+    "walker2d-medium": (8.0, 8.0),
+    "walker2d-medium-replay": (8.0, 8.0),
+    "walker2d-medium-expert": (25.0, 25.0),
+    "walker2d-expert": (4.0, 4.0),
+    "walker2d-full-replay": (3.0, 3.0),
+    "antmaze-umaze": (1.0, 0.1),
+    "antmaze-umaze-diverse": (1.0, 0.1),
+    "antmaze-medium-play": (0.5, 0.001),
+    "antmaze-medium-diverse": (1.0, 0.01),
+    "antmaze-large-play": (1.0, 0.01),
+    "antmaze-large-diverse": (0.5, 0.01),
+}
+# SAC-RND on antmaze: smaller batches and learning rates, a longer horizon.
+_SACRND_ANTMAZE = {
+    "actor_lr": 3e-4, "critic_lr": 3e-4, "alpha_lr": 3e-4, "batch_size": 256, "discount": 0.999,
+}  # fmt: skip
+
+
+def _sacrnd(name: str) -> dict[str, Any]:
+    betas = zip(("actor_beta", "critic_beta"), _SACRND_BETA[name], strict=True)
+    rest = _SACRND_ANTMAZE if name in ANTMAZE else {}
+    return {**{k: v for k, v in betas if v != 1.0}, **rest}
+
+
 # CQL on antmaze: the Lagrange form, max-backup targets and clipped differences, raw states.
 _CQL_ANTMAZE = {
     "cql_alpha": 5.0,
@@ -157,6 +199,7 @@ CORL: dict[str, dict[str, dict[str, Any]]] = {
         **_each(("pen-cloned", "pen-expert"), num_critics=20, eta=10.0),
         "pen-human": {"num_critics": 20, "eta": 1000.0},
     },
+    "sacrnd": {name: _sacrnd(name) for name in _SACRND_BETA},
 }
 
 # Names some datasets give an environment that D4RL calls otherwise.

@@ -35,10 +35,10 @@ from torch import nn
 from wmrl.offline.common import (
     DeterministicActor,
     EnsembleCritic,
-    EnsembleLayerNorm,
     EnsembleLinear,
     OfflineAlgorithm,
     floats,
+    layernorm_after_relu,
     soft_update,
 )
 
@@ -65,18 +65,6 @@ class ReBRACConfig:
     normalize_reward: bool = False
 
 
-def _layernorm_after_relu(net: nn.Sequential) -> nn.Sequential:
-    """`net` (the suite's Linear -> LayerNorm -> ReLU) reordered to CORL's ReBRAC layers,
-    Linear -> ReLU -> LayerNorm; the parameters are the same modules."""
-    mods = list(net)
-    for i in range(len(mods) - 1):
-        if isinstance(mods[i], nn.LayerNorm | EnsembleLayerNorm) and isinstance(
-            mods[i + 1], nn.ReLU
-        ):
-            mods[i], mods[i + 1] = mods[i + 1], mods[i]
-    return nn.Sequential(*mods)
-
-
 @torch.no_grad()
 def _rebrac_init_(net: nn.Sequential, last_bound: float) -> None:
     """CORL's ReBRAC init (from EDAC): hidden weights as PyTorch's default (which both Linear
@@ -96,12 +84,12 @@ class ReBRAC(OfflineAlgorithm):
         self.actor = DeterministicActor(
             obs_dim, action_dim, cfg.hidden, cfg.actor_layers, max_action, cfg.actor_ln
         )
-        self.actor.net = _layernorm_after_relu(self.actor.net)
+        self.actor.net = layernorm_after_relu(self.actor.net)
         _rebrac_init_(self.actor.net, 1e-3)
         self.critic = EnsembleCritic(
             obs_dim, action_dim, 2, cfg.hidden, cfg.critic_layers, layernorm=cfg.critic_ln
         )
-        self.critic.net = _layernorm_after_relu(self.critic.net)
+        self.critic.net = layernorm_after_relu(self.critic.net)
         _rebrac_init_(self.critic.net, 3e-3)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)

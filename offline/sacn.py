@@ -20,9 +20,9 @@ from torch import nn
 
 from wmrl.offline.common import (
     EnsembleCritic,
-    EnsembleLinear,
     OfflineAlgorithm,
     TanhGaussianActor,
+    edac_init,
     floats,
     soft_update,
 )
@@ -59,21 +59,6 @@ def soft_q_target(
     return rewards + discount * (1.0 - dones) * soft_v
 
 
-def _edac_init(actor: TanhGaussianActor, critic: EnsembleCritic) -> None:
-    """The EDAC paper's init (CORL's): hidden biases 0.1; the actor's output layer uniform in
-    +-1e-3 and the critics' in +-3e-3, weights and biases."""
-    with torch.no_grad():
-        for lin in [m for m in actor.net if isinstance(m, nn.Linear)][:-1]:
-            lin.bias.fill_(0.1)
-        nn.init.uniform_(actor.net[-1].weight, -1e-3, 1e-3)
-        nn.init.uniform_(actor.net[-1].bias, -1e-3, 1e-3)
-        linears = [m for m in critic.net if isinstance(m, EnsembleLinear)]
-        for lin in linears[:-1]:
-            lin.bias.fill_(0.1)
-        nn.init.uniform_(linears[-1].weight, -3e-3, 3e-3)
-        nn.init.uniform_(linears[-1].bias, -3e-3, 3e-3)
-
-
 class SACN(OfflineAlgorithm):
     name = "sacn"
 
@@ -84,7 +69,7 @@ class SACN(OfflineAlgorithm):
             log_std_min=cfg.log_std_min, log_std_max=cfg.log_std_max,
         )  # fmt: skip
         self.critic = EnsembleCritic(obs_dim, action_dim, cfg.num_critics, cfg.hidden, cfg.layers)
-        _edac_init(self.actor, self.critic)
+        edac_init(self.actor, self.critic)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.target_entropy = -float(action_dim)
         self.log_alpha = nn.Parameter(torch.zeros(()))

@@ -54,6 +54,7 @@ from wmrl.offline.edac import EDAC, EDACConfig
 from wmrl.offline.iql import IQL, IQLConfig
 from wmrl.offline.rebrac import ReBRAC, ReBRACConfig
 from wmrl.offline.sacn import SACN, SACNConfig
+from wmrl.offline.sacrnd import SACRND, SACRNDConfig
 from wmrl.offline.td3bc import TD3BC, TD3BCConfig
 
 ALGORITHMS: dict[str, type[OfflineAlgorithm]] = {
@@ -65,8 +66,9 @@ ALGORITHMS: dict[str, type[OfflineAlgorithm]] = {
     "rebrac": ReBRAC,
     "sacn": SACN,
     "edac": EDAC,
+    "sacrnd": SACRND,
 }
-AlgoName = Literal["bc", "td3bc", "cql", "iql", "awac", "rebrac", "sacn", "edac"]
+AlgoName = Literal["bc", "td3bc", "cql", "iql", "awac", "rebrac", "sacn", "edac", "sacrnd"]
 
 
 @dataclass
@@ -78,7 +80,8 @@ class OfflineConfig:
     logdir: str = "runs/offline"
     seed: int = 0
     device: str = "auto"
-    steps: int = 1_000_000  # gradient steps (CORL: 1M; SAC-N and EDAC use 3M)
+    steps: int = 1_000_000  # gradient steps (CORL: 1M; SAC-N and EDAC use 3M; SAC-RND 3M after
+    # its 1000 RND updates: 3001000)
     eval_every: int = 5000
     eval_episodes: int = 10
     log_every: int = 1000
@@ -94,6 +97,7 @@ class OfflineConfig:
     rebrac: ReBRACConfig = field(default_factory=ReBRACConfig)
     sacn: SACNConfig = field(default_factory=SACNConfig)
     edac: EDACConfig = field(default_factory=EDACConfig)
+    sacrnd: SACRNDConfig = field(default_factory=SACRNDConfig)
 
     def __post_init__(self):
         at_least(self, 1, "steps", "eval_every", "log_every", "checkpoint_every")
@@ -111,6 +115,7 @@ def _smoke() -> dict:
     out["checkpoint_every"] = 100
     for name in ALGORITHMS:
         out.update({f"{name}.hidden": 32, f"{name}.batch_size": 64})
+    out.update({"sacrnd.rnd_hidden": 32, "sacrnd.rnd_steps": 20})  # SAC-RND's RND phase too
     return out
 
 

@@ -17,6 +17,7 @@ Figures are medians over repeats, printed as a table; nothing here is asserted b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -207,6 +208,8 @@ def bench_offline(device: str, updates: int) -> dict:
     for name, cls in ALGORITHMS.items():
         torch.manual_seed(0)
         cfg = getattr(OfflineConfig(), name)
+        if hasattr(cfg, "rnd_steps"):  # SAC-RND: a short RND phase first, then SAC is timed
+            cfg = dataclasses.replace(cfg, rnd_steps=20)
         algo = cls(11, 3, cfg).to(device)
         B = cfg.batch_size
         batch = {
@@ -217,6 +220,8 @@ def bench_offline(device: str, updates: int) -> dict:
             "dones": torch.zeros(B, device=device),
             "next_actions": torch.rand(B, 3, device=device) * 2 - 1,
         }
+        for _ in range(getattr(cfg, "rnd_steps", 0)):
+            algo.update(batch)
         ms = timed(lambda a=algo, b=batch: [a.update(b) for _ in range(updates)], device, 3)
         out[name] = 1e3 * updates / ms
     return out

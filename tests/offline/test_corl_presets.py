@@ -2,11 +2,11 @@
 configs/offline/<algo>/<env>/<dataset>.yaml), precedence of explicit settings, and a run's
 config.json."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from offline_helpers import train_offline_main
 
 from wmrl.infra.config import apply_overrides, get_path
 from wmrl.offline.compare import CompareConfig, compare_offline
@@ -23,7 +23,6 @@ pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore::UserWarning"),  # Minari's notes on unset metadata
 ]
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 @pytest.mark.parametrize(
@@ -109,6 +108,35 @@ def test_values_are_corl_configs():
     assert preset_for("edac", "halfcheetah-medium-expert-v2")[1] == {"edac.eta": 5.0}
     assert preset_for("awac", "door-cloned-v1")[1] == {"awac.awac_lambda": 0.1}
     assert preset_for("awac", "hopper-medium-v2")[1] == {}
+    # SAC-RND, from CORL's pull request (commit 3a599ea, configs/sac_rnd/<env>/<dataset>.yaml)
+    assert preset_for("sacrnd", "mujoco/hopper/medium-v0") == (
+        "corl/sacrnd/hopper-medium",
+        {"sacrnd.actor_beta": 25.0, "sacrnd.critic_beta": 25.0},
+    )
+    sacrnd = {
+        "halfcheetah-medium-v2": 0.3,
+        "halfcheetah-expert-v2": 6.0,
+        "hopper-medium-replay-v2": 8.0,
+        "walker2d-medium-expert-v2": 25.0,
+        "walker2d-full-replay-v2": 3.0,
+    }
+    for dataset_id, beta in sacrnd.items():
+        values = preset_for("sacrnd", dataset_id)[1]
+        assert values == {"sacrnd.actor_beta": beta, "sacrnd.critic_beta": beta}
+    assert preset_for("sacrnd", "walker2d-random-v2")[1] == {}  # beta 1, our default
+    assert preset_for("sacrnd", "antmaze-medium-play-v1")[1] == {
+        "sacrnd.actor_beta": 0.5,
+        "sacrnd.critic_beta": 0.001,
+        "sacrnd.actor_lr": 3e-4,
+        "sacrnd.critic_lr": 3e-4,
+        "sacrnd.alpha_lr": 3e-4,
+        "sacrnd.batch_size": 256,
+        "sacrnd.discount": 0.999,
+    }
+    umaze = preset_for("sacrnd", "D4RL/antmaze/umaze-v1")[1]
+    assert "sacrnd.actor_beta" not in umaze and umaze["sacrnd.critic_beta"] == 0.1
+    assert preset_for("sacrnd", "maze2d-umaze-v1") is None
+    assert preset_for("sacrnd", "pen-human-v1") is None
     # CORL has SAC-N and EDAC configs only for medium* locomotion datasets
     assert preset_for("sacn", "hopper-expert-v2") is None
     assert preset_for("edac", "walker2d-random-v2") is None
@@ -130,6 +158,7 @@ def test_every_stored_value_is_a_field_of_ours_set_away_from_its_default():
         "rebrac": 39,  # no dense maze2d
         "sacn": 30,
         "edac": 30,
+        "sacrnd": 24,  # locomotion and antmaze
     }
 
 
@@ -166,13 +195,6 @@ def test_command_line_fields_are_the_flags_and_the_preset_given():
     assert command_line_fields(["--iql.normalize-reward", "--resume"]) == {"iql.normalize_reward"}
 
 
-def _main(argv):
-    spec = importlib.util.spec_from_file_location("train_offline", SCRIPTS / "train_offline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
-
-
 def _config(run_dir):
     return json.loads((Path(run_dir) / "config.json").read_text())
 
@@ -186,21 +208,21 @@ def _args(dataset_id, logdir, *more, steps=2):
 def test_runs_save_the_preset_and_resume_with_it(minari_dataset, tmp_path, capsys):
     # CORL's IQL on hopper-random: normalize_reward false (ours: true).
     hopper = minari_dataset("Hopper-v5", episodes=4, max_steps=20)  # test/hopper-random-v0
-    _main(_args(hopper, tmp_path / "auto"))
+    train_offline_main(_args(hopper, tmp_path / "auto"))
     assert "preset corl/iql/hopper-random: iql.normalize_reward=False" in capsys.readouterr().err
     saved = _config(tmp_path / "auto")
     assert saved["corl_preset"] == "corl/iql/hopper-random"
     assert saved["iql"]["normalize_reward"] is False
 
     # the flag, at its default value, wins, and a resume keeps it
-    _main(_args(hopper, tmp_path / "flag", "--iql.normalize_reward", "true"))
-    _main(["--logdir", str(tmp_path / "flag"), "--resume", "--steps", "4"])
+    train_offline_main(_args(hopper, tmp_path / "flag", "--iql.normalize_reward", "true"))
+    train_offline_main(["--logdir", str(tmp_path / "flag"), "--resume", "--steps", "4"])
     saved = _config(tmp_path / "flag")
     assert saved["iql"]["normalize_reward"] is True
     assert saved["corl_preset"] == "corl/iql/hopper-random"
     assert "as the run's config says" in capsys.readouterr().err
 
-    _main(_args(hopper, tmp_path / "none", "--corl-preset", "none"))
+    train_offline_main(_args(hopper, tmp_path / "none", "--corl-preset", "none"))
     saved = _config(tmp_path / "none")
     assert (saved["corl_preset"], saved["iql"]["normalize_reward"]) == ("none", True)
 
@@ -208,7 +230,7 @@ def test_runs_save_the_preset_and_resume_with_it(minari_dataset, tmp_path, capsy
     old = _config(tmp_path / "none")
     del old["corl_preset"]
     (tmp_path / "none" / "config.json").write_text(json.dumps(old))
-    _main(["--logdir", str(tmp_path / "none"), "--resume", "--steps", "4"])
+    train_offline_main(["--logdir", str(tmp_path / "none"), "--resume", "--steps", "4"])
     saved = _config(tmp_path / "none")
     assert (saved["corl_preset"], saved["iql"]["normalize_reward"]) == ("none", True)
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from offline_helpers import A, B, S, make_batch
 
 from wmrl.offline.common import EnsembleCritic, TanhGaussianActor
 from wmrl.offline.cql import CQL, CQLConfig, _tanh_log_prob, cql_penalty
@@ -14,20 +15,6 @@ from wmrl.offline.edac import EDAC, EDACConfig, diversity_loss
 from wmrl.offline.sacn import SACN, SACNConfig, soft_q_target
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-S, A, B = 3, 2, 8
-
-
-def make_batch(n=B, seed=0, max_action=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "observations": torch.randn(n, S, generator=g),
-        "actions": (torch.rand(n, A, generator=g) * 2 - 1) * max_action,
-        "rewards": torch.randn(n, generator=g),
-        "next_observations": torch.randn(n, S, generator=g),
-        "dones": (torch.rand(n, generator=g) < 0.3).float(),
-        "next_actions": (torch.rand(n, A, generator=g) * 2 - 1) * max_action,
-    }
 
 
 def q_of(net, obs, action):
