@@ -101,19 +101,20 @@ def plot_panels(panels: list[Panel], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
         for label, c in panel.curves.items():
             n = len(c.values)
-            ax.plot(c.steps, c.mean, label=f"{label} ({n} seed{'s' if n > 1 else ''})")
-            if n > 1:
-                ax.fill_between(c.steps, c.mean - c.std, c.mean + c.std, alpha=0.2)
+            (line,) = ax.plot(c.steps, c.mean, label=f"{label} ({n} seed{'s' if n > 1 else ''})")
+            if n > 1:  # the spread in the line's colour
+                ax.fill_between(c.steps, c.mean - c.std, c.mean + c.std, color=line.get_color(),
+                                alpha=0.2)  # fmt: skip
         for i, (label, value) in enumerate(panel.refs.items()):
             ax.axhline(value, ls="--", lw=1, color=f"C{(i + len(panel.curves)) % 10}", label=label)
         ax.set_title(panel.title, fontsize=9)
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel(panel.ylabel)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, framealpha=0.6)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
