@@ -368,10 +368,12 @@ def vae_batches(num_frames: int, batch_size: int, seed: int, step: int, total: i
             step += 1
 
 
-def vae_state(vae: ConvVAE, optimizer, step: int) -> dict:
-    """vae.pt's state (`Run.checkpoint` adds every generator's)."""
+def vae_state(vae: ConvVAE, optimizer, step: int, last: dict) -> dict:
+    """vae.pt's state (`Run.checkpoint` adds every generator's); `last` is the last update's
+    losses, the stage's result for a run stopped after its last update."""
     return {"model": vae.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-            "torch_rng": torch.get_rng_state(), "channels": vae.channels}  # fmt: skip
+            "torch_rng": torch.get_rng_state(), "channels": vae.channels,
+            "last": last}  # fmt: skip
 
 
 def stage_vae(cfg: WorldModelsConfig, run: Run) -> dict:
@@ -383,12 +385,13 @@ def stage_vae(cfg: WorldModelsConfig, run: Run) -> dict:
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.vae.lr)
     path, step = run.dir / "vae.pt", 0
     total = max(len(frames) // cfg.vae.batch_size, 1) * cfg.vae.epochs
+    metrics, last = MeanMetrics(), {}
     if path.exists():  # an interrupted vae stage
-        step = int(resume_training(path, cfg, "vae", run.device, vae, optimizer)["step"])
+        state = resume_training(path, cfg, "vae", run.device, vae, optimizer)
+        step, last = int(state["step"]), dict(state.get("last", {}))
     run.logger.drop("vae/", after=step)  # rows an interrupted vae stage logged after it
     every_log = Every(cfg.log_every, start=step)
     every_checkpoint = Every(cfg.checkpoint_every, start=step)
-    metrics, last = MeanMetrics(), {}
     vae.train()
     with stage_progress(run, "vae", total, step, "update"):
         for idx in vae_batches(len(frames), cfg.vae.batch_size, cfg.seed, step, total):
@@ -399,10 +402,10 @@ def stage_vae(cfg: WorldModelsConfig, run: Run) -> dict:
                 means = metrics.mean(f"a VAE update before update {step}", fix_vae(run))
                 run.log(step, {f"vae/{k}": v for k, v in means.items()})
             if every_checkpoint(step) or run.stopping:
-                run.checkpoint(vae_state(vae, optimizer, step), path)
+                run.checkpoint(vae_state(vae, optimizer, step, last), path)
             run.advance(step, loss=f"{last['loss']:.1f}")
             run.stop_point()
-    run.checkpoint(vae_state(vae, optimizer, step), path)
+    run.checkpoint(vae_state(vae, optimizer, step, last), path)
     vae.eval()
     run.video(step, "vae/recon", vae_recon(vae, run.dir, cfg.gif_frames, run.device))
     return {"updates": step, **{k: last.get(k) for k in ("loss", "r_loss", "kl")}}
@@ -521,11 +524,13 @@ def build_mdnrnn(cfg: WorldModelsConfig, action_dim: int) -> MDNRNN:
     return MDNRNN(cfg.vae.z_dim, action_dim, cfg.mdnrnn)
 
 
-def mdnrnn_state(model: MDNRNN, optimizer, step: int, rng: np.random.Generator) -> dict:
-    """mdnrnn.pt's state (`Run.checkpoint` adds every generator's)."""
+def mdnrnn_state(model: MDNRNN, optimizer, step: int, rng: np.random.Generator,
+                 last: dict) -> dict:  # fmt: skip
+    """mdnrnn.pt's state (`Run.checkpoint` adds every generator's); `last` is the last
+    update's losses, the stage's result for a run stopped after its last update."""
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "action_dim": model.action_dim}  # fmt: skip
+            "action_dim": model.action_dim, "last": last}  # fmt: skip
 
 
 def stage_mdnrnn(cfg: WorldModelsConfig, run: Run) -> dict:
@@ -537,13 +542,14 @@ def stage_mdnrnn(cfg: WorldModelsConfig, run: Run) -> dict:
     model = build_mdnrnn(cfg, series["action"].shape[1]).to(run.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.mdnrnn.lr)
     path, step, total = run.dir / "mdnrnn.pt", 0, cfg.mdnrnn.steps
+    metrics, last = MeanMetrics(), {}
     if path.exists():  # an interrupted mdnrnn stage
         state = resume_training(path, cfg, "mdnrnn", run.device, model, optimizer)
         step, rng.bit_generator.state = int(state["step"]), state["numpy_rng"]
+        last = dict(state.get("last", {}))
     run.logger.drop("mdnrnn/", after=step)  # rows an interrupted mdnrnn stage logged after it
     every_log = Every(cfg.log_every, start=step)
     every_checkpoint = Every(cfg.checkpoint_every, start=step)
-    metrics, last = MeanMetrics(), {}
     model.train()
     with stage_progress(run, "mdnrnn", total, step, "update"):
         while step < total:
@@ -554,10 +560,10 @@ def stage_mdnrnn(cfg: WorldModelsConfig, run: Run) -> dict:
                 means = metrics.mean(f"an MDN-RNN update before update {step}", fix_mdnrnn(run))
                 run.log(step, {f"mdnrnn/{k}": v for k, v in means.items()})
             if every_checkpoint(step) or run.stopping:
-                run.checkpoint(mdnrnn_state(model, optimizer, step, rng), path)
+                run.checkpoint(mdnrnn_state(model, optimizer, step, rng, last), path)
             run.advance(step, loss=f"{last['loss']:.3f}")
             run.stop_point()
-    run.checkpoint(mdnrnn_state(model, optimizer, step, rng), path)
+    run.checkpoint(mdnrnn_state(model, optimizer, step, rng, last), path)
     model.eval()
     run.video(step, "mdnrnn/dream_openloop", dream_openloop(cfg, run.dir, run.device))
     return {"updates": step, **{k: last.get(k) for k in ("loss", "z_nll")}}

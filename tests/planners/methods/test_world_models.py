@@ -217,6 +217,34 @@ def test_an_interrupted_stage_continues_from_its_checkpoint(tmp_path, monkeypatc
     assert len(list((logdir / "rollouts").glob("*.npz"))) == 2  # collect was not rerun
 
 
+@pytest.mark.parametrize("stage, after", [("vae", "vae_recon"), ("mdnrnn", "dream_openloop")])
+def test_a_stop_after_a_stages_last_update_keeps_its_result(tmp_path, monkeypatch, stage, after):
+    """Killed between a stage's last checkpoint (its last update done) and the pipeline's record
+    that it is done, the resumed stage runs no update; its result (the last update's losses)
+    still equals the uninterrupted run's, from the stage's checkpoint."""
+    import wmrl.planners.methods.world_models as pipeline
+
+    stages = STAGES[: STAGES.index(stage) + 1]
+    whole = train_worldmodels(tiny(tmp_path / "whole", stages=stages))
+    real = getattr(pipeline, after)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, after, stopped)
+    cfg = tiny(tmp_path / "killed", stages=stages)
+    with pytest.raises(KeyboardInterrupt):
+        train_worldmodels(cfg)
+    assert stage not in load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["done"]
+    monkeypatch.setattr(pipeline, after, real)
+    resumed = train_worldmodels(cfg, resume=True)
+    assert resumed["stages_run"] == [stage]
+    assert whole[f"{stage}/loss"] is not None
+    for key, value in whole.items():
+        if key.startswith(f"{stage}/"):
+            assert resumed[key] == value, key
+
+
 def test_load_run_gives_a_protocol_model(run):
     logdir = run[0]
     assert run_job(logdir) == "worldmodels"  # scripts/render_gif.py finds the loader by this name
