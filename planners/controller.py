@@ -14,7 +14,10 @@ mean(params^2), the L2 penalty of the reference's `es.py` CMAES wrapper. All can
 generation see the same env seeds (common random numbers), as the reference's workers do.
 
 Workers. `Evaluator(spec, workers=N)` starts N processes (spawn), each building its own env and
-CPU copies of the VAE and MDN-RNN from `spec` once; workers=0 evaluates in this process.
+CPU copies of the VAE and MDN-RNN from `spec` once; workers=0 evaluates in this process. With
+`backend="ray"` the workers are Ray actors instead, on a local Ray or on a cluster (`ray_address`),
+so that a generation's 64 x 16 rollouts spread over many machines; each task seeds its own env and
+torch, so the fitness values are the same whichever backend, and however many workers, run them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from wmrl.envs.registry import make
+from wmrl.infra.cluster import connect_ray
 from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
 from wmrl.worldmodels.vae import ConvVAE
 
@@ -41,7 +45,9 @@ class ControllerConfig:
     sigma0: float = 0.1  # initial CMA-ES step size (the reference's sigma_init)
     generations: int = 2000  # the budget (the reference trains until stopped)
     weight_decay: float = 0.01  # L2 penalty on the parameters in the fitness (reference es.py)
-    workers: int = 4  # rollout processes; 0 runs rollouts in the main process
+    workers: int = 4  # rollout processes; 0 runs rollouts in the main process (ray: one
+    # actor per CPU of the cluster)
+    backend: str = "process"  # process: a local process pool; ray: Ray actors (the ray extra)
     mode: str = "real"  # real: rollouts in the env; dream: inside the MDN-RNN
     temperature: float | None = None  # tau of dream rollouts; none: the MDN-RNN's temperature
     action_map: str = "auto"  # tanh, carracing (reference brake clipping), auto (by env id)
@@ -56,6 +62,8 @@ class ControllerConfig:
     def __post_init__(self):
         if self.mode not in ("real", "dream"):
             raise ValueError(f"controller mode must be 'real' or 'dream', got {self.mode!r}")
+        if self.backend not in ("process", "ray"):
+            raise ValueError(f"controller backend must be process or ray, got {self.backend!r}")
         if self.action_map not in ("auto", "tanh", "carracing"):
             raise ValueError(f"action_map must be auto, tanh or carracing, got {self.action_map!r}")
         if self.patience is not None and self.patience < 1:
@@ -308,22 +316,63 @@ def _run_task(task) -> list[float]:
     return _WORKER.run(params, seeds)
 
 
+class RolloutActor:
+    """A Ray actor's state: one `Rollouts` (env and models built once), one thread."""
+
+    def __init__(self, spec: RolloutSpec):
+        torch.set_num_threads(1)
+        self.rollouts = Rollouts(spec)
+
+    def run(self, params, seeds) -> list[float]:
+        return self.rollouts.run(params, seeds)
+
+
+class RayPool:
+    """`workers` rollout actors on Ray (0: one per CPU of the cluster), each holding a
+    `Rollouts` of `spec`; `map` returns the tasks' results in the tasks' order."""
+
+    def __init__(self, spec: RolloutSpec, workers: int, address: str | None = None):
+        self.ray = connect_ray(address, what="--controller.backend ray")
+        from ray.util import ActorPool
+
+        n = workers or max(int(self.ray.cluster_resources().get("CPU", 1)), 1)
+        actor = self.ray.remote(num_cpus=1)(RolloutActor)
+        spec_ref = self.ray.put(spec)  # the models' weights travel to the cluster once
+        self.actors = [actor.remote(spec_ref) for _ in range(n)]
+        self.pool = ActorPool(self.actors)
+
+    def map(self, tasks) -> list[list[float]]:
+        return list(self.pool.map(lambda actor, task: actor.run.remote(*task), tasks))
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+
+
 class Evaluator:
-    """Fitness of CMA-ES candidates from rollouts in `workers` processes (0: in this one).
+    """Fitness of CMA-ES candidates from rollouts in `workers` processes (0: in this one), or in
+    `workers` Ray actors with `backend="ray"` (on the cluster at `ray_address`; none: a local
+    Ray started on demand).
 
     Use as a context manager (or call `close`) so that the workers end.
     """
 
-    def __init__(self, spec: RolloutSpec, workers: int, mp_context: str = "spawn"):
+    def __init__(self, spec: RolloutSpec, workers: int, mp_context: str = "spawn",
+                 backend: str = "process", ray_address: str | None = None):  # fmt: skip
         self.spec, self.workers = spec, int(workers)
-        if self.workers > 0:
+        self.pool = self.local = self.ray = None
+        if backend == "ray":
+            self.ray = RayPool(spec, self.workers, ray_address)
+        elif self.workers > 0:
             ctx = multiprocessing.get_context(mp_context)
             self.pool = ctx.Pool(self.workers, initializer=_init_worker, initargs=(spec,))
-            self.local = None
         else:
-            self.pool, self.local = None, Rollouts(spec)
+            self.local = Rollouts(spec)
 
     def _map(self, tasks) -> list[list[float]]:
+        if self.ray is not None:
+            return self.ray.map(tasks)
         if self.pool is None:
             return [self.local.run(params, seeds) for params, seeds in tasks]
         return self.pool.map(_run_task, tasks, chunksize=1)
@@ -339,6 +388,9 @@ class Evaluator:
         return np.asarray(self._map(tasks), float).reshape(len(candidates), len(seeds))
 
     def close(self) -> None:
+        if self.ray is not None:
+            self.ray.close()
+            self.ray = None
         if self.pool is not None:
             self.pool.close()
             self.pool.join()

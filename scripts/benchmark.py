@@ -9,6 +9,7 @@
     python scripts/benchmark.py --only ensemble  # MOReL ensemble: training steps/s, batched vs loop
     python scripts/benchmark.py --only pmdp      # MOReL pessimistic MDP: model rollout steps/s
     python scripts/benchmark.py --only npg       # MOReL's NPG update; Fisher products two ways
+    python scripts/benchmark.py --only controller  # one CMA-ES generation: process pool vs Ray
     python scripts/benchmark.py --json out.json      # also write the figures as JSON
 
 Figures are medians over repeats, printed as a table; nothing here is asserted by tests.
@@ -36,11 +37,14 @@ from wmrl.offline.morel.pmdp import PessimisticMDP
 from wmrl.offline.morel.train import MemberModel
 from wmrl.offline.trainer import ALGORITHMS, OfflineConfig
 from wmrl.planners.cem import CEMConfig, cem_plan
+from wmrl.planners.controller import Evaluator, RolloutSpec, num_params
 from wmrl.planners.methods.dreamer import DreamerConfig, make_update, random_batch, setup_update
 from wmrl.planners.npg import NPG, fisher_operator
 from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
+from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig
 from wmrl.worldmodels.nets import make_optimizer, mlp
 from wmrl.worldmodels.rssm import RSSM
+from wmrl.worldmodels.vae import ConvVAE
 
 RENDER_TASKS = ("dmc:cartpole-swingup", "dmc:walker-walk", "dmc:cheetah-run")
 
@@ -327,6 +331,40 @@ def bench_npg(device: str, paths: int = 200, horizon: int = 700, repeats: int = 
     }
 
 
+def bench_controller(workers: int, population: int, rollouts: int, max_steps: int | None,
+                     patience: int | None) -> dict:  # fmt: skip
+    """World Models' CMA-ES on CarRacing-v3: the wall time of one generation (`population`
+    candidates x `rollouts` real episodes, the paper's VAE and MDN-RNN sizes, untrained) on a
+    pool of `workers` processes and on `workers` Ray actors (a local Ray), same candidates and
+    seeds; the workers' start is timed apart from the generation. The returns must agree."""
+    torch.manual_seed(0)
+    vae, cfg = ConvVAE(z_dim=32), MDNRNNConfig(hidden=256)
+    spec = RolloutSpec(
+        env_id="gym:CarRacing-v3", env_options={},
+        vae={"kwargs": {"z_dim": 32}, "state": vae.state_dict()},
+        mdnrnn={"z_dim": 32, "action_dim": 3, "cfg": dataclasses.asdict(cfg),
+                "state": MDNRNN(32, 3, cfg).state_dict()},
+        action_map="carracing", max_steps=max_steps, patience=patience,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    candidates = rng.normal(scale=0.1, size=(population, num_params(32 + 256, 3)))
+    seeds = np.arange(rollouts)
+    out = {"population": population, "rollouts": rollouts, "workers": workers,
+           "max_steps": max_steps, "patience": patience}  # fmt: skip
+    returns = {}
+    for backend in ("process", "ray"):
+        t0 = time.perf_counter()
+        with Evaluator(spec, workers, backend=backend) as evaluator:
+            evaluator.returns(candidates[:1], [10**6])  # every worker built (one task: one)
+            t1 = time.perf_counter()
+            returns[backend] = evaluator.returns(candidates, seeds)
+            t2 = time.perf_counter()
+        out[f"{backend}_start_s"], out[f"{backend}_generation_s"] = t1 - t0, t2 - t1
+    out["same_returns"] = bool(np.array_equal(returns["process"], returns["ray"]))
+    out["mean_return"] = float(returns["process"].mean())
+    return out
+
+
 def batch_shape(text: str) -> tuple[int, int]:
     """ "16x50" -> (16, 50): a batch of B sequences of T steps."""
     try:
@@ -345,7 +383,8 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--only",
         default="render,replay,planet,dreamer,offline,ensemble,pmdp,npg",
-        help="comma-separated: render, replay, planet, dreamer, offline, ensemble, pmdp, npg",
+        help="comma-separated: render, replay, planet, dreamer, offline, ensemble, pmdp, npg, "
+        "controller (CarRacing and the ray extra; not in the default set)",
     )
     parser.add_argument(
         "--render-steps", type=int, default=2000, help="steps per task, fast renderer"
@@ -379,10 +418,23 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--offline-updates", type=int, default=50, help="updates per timed offline call"
     )
+    parser.add_argument("--controller-workers", type=int, default=2,
+                        help="controller: rollout processes, and Ray actors")  # fmt: skip
+    parser.add_argument("--controller-population", type=int, default=16)
+    parser.add_argument("--controller-rollouts", type=int, default=2)
+    parser.add_argument("--controller-max-steps", type=int, default=None,
+                        help="controller: episode cap (default: the env's 1000)")  # fmt: skip
+    parser.add_argument(
+        "--controller-patience",
+        type=int,
+        default=100,
+        help="controller: end after this many unrewarded steps (0: never)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
-    known = ("render", "replay", "planet", "dreamer", "offline", "ensemble", "pmdp", "npg")
+    known = ("render", "replay", "planet", "dreamer", "offline", "ensemble", "pmdp", "npg",
+             "controller")  # fmt: skip
     unknown = sections - set(known)
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(known)}")
@@ -457,6 +509,17 @@ def main(argv=None) -> dict:
             f"{r['fvp_closed_form_ms']:.0f} ms, double backprop "
             f"{r['fvp_double_backprop_ms']:.0f} ms"
         )
+    if "controller" in sections:
+        r = bench_controller(args.controller_workers, args.controller_population,
+                             args.controller_rollouts, args.controller_max_steps,
+                             args.controller_patience or None)  # fmt: skip
+        results["controller"] = r
+        print(f"\nCMA-ES generation on CarRacing-v3 ({r['population']} x {r['rollouts']} "
+              f"episodes, patience {r['patience']}, {r['workers']} workers; mean return "
+              f"{r['mean_return']:.1f}, same returns on both: {r['same_returns']})")  # fmt: skip
+        for backend in ("process", "ray"):
+            print(f"{backend:8s} start {r[backend + '_start_s']:6.1f} s   generation "
+                  f"{r[backend + '_generation_s']:6.1f} s")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

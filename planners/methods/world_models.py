@@ -89,6 +89,8 @@ class WorldModelsConfig:
     log_every: int = 50  # updates between logged training scalars
     gif_frames: int = 100  # frames per GIF
     mp_context: str = "spawn"  # multiprocessing start method of the rollout workers
+    ray_address: str | None = None  # with --controller.backend ray: the cluster to join (auto:
+    # the one `ray start` runs on this node; ray://host:10001: Ray Client); none: a local Ray
     vae: VAEConfig = field(default_factory=VAEConfig)
     mdnrnn: MDNRNNConfig = field(default_factory=MDNRNNConfig)
     controller: ControllerConfig = field(default_factory=ControllerConfig)
@@ -656,7 +658,7 @@ def stage_controller(cfg: WorldModelsConfig, run: Run) -> dict:
     every_eval = Every(c.eval_every, start=search.generation)
     every_checkpoint = Every(c.checkpoint_every, start=search.generation)
     with (
-        Evaluator(spec, c.workers, cfg.mp_context) as evaluator,
+        rollout_evaluator(cfg, spec) as evaluator,
         stage_progress(run, "controller", c.generations, search.generation, "gen"),
     ):
         while search.generation < c.generations:
@@ -677,6 +679,12 @@ def stage_controller(cfg: WorldModelsConfig, run: Run) -> dict:
     controller_gifs(cfg, run, spec, search)
     return {"generations": search.generation, "eval_return": eval_return,
             "fitness_best_ever": search.best_fitness}  # fmt: skip
+
+
+def rollout_evaluator(cfg: WorldModelsConfig, spec: RolloutSpec) -> Evaluator:
+    """The controller's rollout workers for `spec`: the backend, workers and cluster of `cfg`."""
+    c = cfg.controller
+    return Evaluator(spec, c.workers, cfg.mp_context, c.backend, cfg.ray_address)
 
 
 def open_search(cfg: WorldModelsConfig, spec: RolloutSpec, path: Path):
@@ -705,7 +713,7 @@ def evaluate(cfg: WorldModelsConfig, params, evaluator: Evaluator, real_spec) ->
     seeds = 10**6 + cfg.seed * 10**5 + np.arange(c.eval_episodes)
     if c.mode == "real" and c.patience is None:
         return float(evaluator.returns(params[None], seeds).mean())
-    with Evaluator(real_spec, c.workers, cfg.mp_context) as real:
+    with rollout_evaluator(cfg, real_spec) as real:
         return float(real.returns(params[None], seeds).mean())
 
 

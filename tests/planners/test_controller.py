@@ -171,6 +171,34 @@ def test_parallel_workers_match_in_process_rollouts():
     assert len(np.unique(np.round(expected, 6))) > 1  # seeds and candidates do differ
 
 
+@pytest.mark.parametrize("mode", ["real", "dream"])
+def test_ray_actors_give_the_process_pools_fitness(local_ray, mode):
+    """The same candidates and seeds give the same returns on 2 Ray actors (a local Ray with
+    num_cpus=2) as on a pool of 2 processes, for real episodes and dreams alike."""
+    s = spec(mode, done_bias=-1.0, reward_bias=0.5, max_steps=6)
+    rng = np.random.default_rng(1)
+    weight = s.mdnrnn["state"]["reward_head.weight"]  # rewards that depend on the dream
+    s.mdnrnn["state"]["reward_head.weight"] = torch.as_tensor(rng.normal(size=weight.shape))
+    candidates = rng.normal(scale=0.5, size=(3, num_params(8 + 16, 3)))
+    with Evaluator(s, workers=2) as pool:
+        expected = pool.returns(candidates, [21, 22])
+    with Evaluator(s, workers=2, backend="ray") as ray_actors:
+        assert len(ray_actors.ray.actors) == 2
+        got = ray_actors.returns(candidates, [21, 22])
+    np.testing.assert_array_equal(got, expected)
+    assert len(np.unique(np.round(expected, 6))) > 1
+
+
+def test_the_ray_backend_without_ray_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    with pytest.raises(
+        ImportError, match=r'--controller.backend ray needs Ray.*pip install -e "\.\[ray\]"'
+    ):
+        Evaluator(spec("real", max_steps=2), workers=1, backend="ray")
+    with pytest.raises(ValueError, match="backend must be process or ray"):
+        ControllerConfig(backend="dask")
+
+
 class ScriptedEnv:
     """Blank 64 x 64 frames and a fixed reward sequence, never ending by itself."""
 
