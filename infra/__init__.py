@@ -1,7 +1,8 @@
 """Run infrastructure shared by every layer (and importing none of them): the run skeleton every
 training loop uses (`Run`, `Every`, `MeanMetrics`), dataclass configs with command-line
 overrides and presets, the logger (TensorBoard, metrics.jsonl, GIFs), progress bars,
-atomic checkpoints and run directories, seeding and device choice."""
+atomic checkpoints and run directories, seeding and device choice, and the data-parallel setup
+under torchrun (`infra.distributed`: process group, each rank's device, DDP)."""
 
 from wmrl.infra.checkpoint import (
     CHECKPOINT_FILE,
@@ -21,6 +22,7 @@ from wmrl.infra.config import (
     save_config,
     to_dict,
 )
+from wmrl.infra.distributed import World
 from wmrl.infra.logger import Logger, encode_gif, progress, read_metrics
 from wmrl.infra.metrics import MeanMetrics, check_finite, metric_floats, settle_metrics
 from wmrl.infra.run import Every, Run, RunStopped, command, run_main
@@ -33,6 +35,7 @@ __all__ = [
     "MeanMetrics",
     "Run",
     "RunStopped",
+    "World",
     "ConfigError",
     "Logger",
     "apply_overrides",

@@ -284,7 +284,7 @@ def markdown(rows: list[dict], metric: str) -> str:
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [str(r.get(p, "")) for p in params] + [r["status"], _fmt(r["last"]),
+        cells = [_short(r.get(p, "")) for p in params] + [r["status"], _fmt(r["last"]),
                                                        _fmt(r["best"]), str(r["step"]),
                                                        str(r["wall_min"])]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")

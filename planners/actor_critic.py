@@ -370,25 +370,39 @@ class ActorCritic(nn.Module):
             nll = gaussian_nll(self.value(seq["feat"][:, :-1].detach()), target.detach(), 0)
         return (seq["weight"][:, :-1] * nll).mean()
 
-    def update(self, model, start, is_terminal=None, sync: bool = True) -> dict:
+    def actor_objective(self, model, start, is_terminal=None):
+        """Imagination from the posterior states `start` (B, T) in `model` (frozen: the actor's
+        gradient flows through it, into no weight of it), the lambda-returns and the actor's
+        loss: (loss, metrics, seq, target), seq as `imagine`'s and target (B * T, H)."""
+        start = map_state(lambda x: x.detach().reshape(-1, *x.shape[2:]), start)
+        with frozen(model), autocast(self.updates.device):
+            seq = self.imagine(model, start, is_terminal=is_terminal)
+            target = self.target(seq)
+            actor_loss, metrics = self.actor_loss(seq, target)
+        return actor_loss, metrics, seq, target
+
+    def update(
+        self, model, start, is_terminal=None, sync: bool = True, objectives: tuple | None = None
+    ) -> dict:
         """One actor and one critic step from the posterior states `start` (B, T) of a
         world-model batch (each of the B * T states starts an imagined sequence; `is_terminal`
         (B, T) or None); the model's weights are not changed.
 
+        `objectives` (actor's, critic's) compute the losses in place of `actor_objective` and
+        `critic_loss`: a data-parallel loop passes `ActorLoss(self)` and `CriticLoss(self)`
+        wrapped in DDP, whose backwards then average the gradients over the ranks.
+
         Returns the metrics as floats with `sync` (a non-finite loss or gradient raises
         FloatingPointError before any step), else as device tensors with nothing waiting for
         the device; check them with `worldmodels.rssm.check_finite` when you sync."""
-        start = map_state(lambda x: x.detach().reshape(-1, *x.shape[2:]), start)
+        actor_objective, critic_objective = objectives or (self.actor_objective, self.critic_loss)
         device = self.updates.device
-        with frozen(model), autocast(device):
-            seq = self.imagine(model, start, is_terminal=is_terminal)
-            target = self.target(seq)
-            actor_loss, metrics = self.actor_loss(seq, target)
+        actor_loss, metrics, seq, target = actor_objective(model, start, is_terminal)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.grad_clip)
         with autocast(device):
-            critic_loss = self.critic_loss(seq, target)
+            critic_loss = critic_objective(seq, target)
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
         critic_norm = nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.grad_clip)
@@ -418,3 +432,33 @@ class ActorCritic(nn.Module):
         for s, d in zip(self.critic.parameters(), self.target_critic.parameters(), strict=True):
             d.lerp_(s, mix.to(d.dtype))
         self.updates += 1
+
+
+class ActorLoss(nn.Module):
+    """`ActorCritic.actor_objective` as a module's `forward`, for DistributedDataParallel (which
+    averages the gradients only of a backward that follows a forward through it): its
+    parameters are exactly the actor's. Neither the critics nor the world model are its
+    submodules, so DDP does not wait for gradients of theirs (the model is frozen in the
+    imagination, the slow critic has none)."""
+
+    def __init__(self, ac: ActorCritic):
+        super().__init__()
+        self.actor = ac.actor
+        self._objective = ac.actor_objective  # a method, not a submodule
+
+    def forward(self, model, start, is_terminal=None):
+        return self._objective(model, start, is_terminal)
+
+
+class CriticLoss(nn.Module):
+    """`ActorCritic.critic_loss` as a module's `forward` (seq, target -> loss), for
+    DistributedDataParallel: the critic's parameters, and the slow critic's (without gradients,
+    but DDP broadcasts rank 0's when it is built, so that every rank starts from one target)."""
+
+    def __init__(self, ac: ActorCritic):
+        super().__init__()
+        self.critic, self.target_critic = ac.critic, ac.target_critic
+        self._objective = ac.critic_loss
+
+    def forward(self, seq: dict, target: torch.Tensor) -> torch.Tensor:
+        return self._objective(seq, target)

@@ -156,15 +156,21 @@ class RecurrentStateSpaceModel(nn.Module):
         is_first = torch.as_tensor(is_first, device=self.device, dtype=torch.bool)
         return obs, action, is_first
 
-    def update(self, batch: dict, optimizer: torch.optim.Optimizer, sync: bool = True):
+    def update(
+        self, batch: dict, optimizer: torch.optim.Optimizer, sync: bool = True, objective=None
+    ):
         """One update on a replay batch (`loss`'s keys): loss, backward, clipping to the global
         norm `cfg.grad_clip`, optimizer step; the same for every model of this family, so a
         training loop takes either (DreamerV2's loop with PlaNet's RSSM is DreamerV1's learner).
 
+        `objective` (batch -> what `_loss` returns) computes the loss in place of `_loss`: a
+        data-parallel loop passes its `ModelLoss(self)` wrapped in DDP, whose backward then
+        averages the gradients over the ranks.
+
         Returns (metrics plus `grad_norm`, posterior states (B, T) detached); the metrics as
         with `_optimize`'s `sync`."""
         with self._precision():
-            loss, metrics, post = self._loss(batch)
+            loss, metrics, post = (objective or self._loss)(batch)
         out = self._optimize(loss, metrics, optimizer, sync)
         return out, {k: v.detach() for k, v in post.items()}
 
@@ -192,6 +198,20 @@ class RecurrentStateSpaceModel(nn.Module):
         )
         optimizer.step()
         return out
+
+
+class ModelLoss(nn.Module):
+    """A world model's training loss as a module's `forward` (batch -> (loss, metrics, posterior
+    states), as `_loss`), for DistributedDataParallel: DDP averages the gradients only of a
+    backward that follows a forward through it, and this module's parameters are exactly the
+    model's. Pass it, wrapped, to `update` as `objective`."""
+
+    def __init__(self, model: RecurrentStateSpaceModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict):
+        return self.model._loss(batch)
 
 
 def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

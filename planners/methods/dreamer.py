@@ -12,6 +12,20 @@ killed at any point and resumed logs what the run that was never stopped logs.
 Counts follow danijar's config, in policy steps (env steps / action repeat): prefill,
 train_every, eval_every. The budget `steps` and the step axis of every logged value are env
 steps, as in the paper's plots.
+
+Data-parallel on N ranks (`torchrun --nproc-per-node N scripts/train_dreamer.py ...`; see
+`infra.distributed`): every rank runs this loop with its own envs, replay
+(`<run dir>/ranks/<r>/replay`, rank 0's in `<run dir>/replay`) and seed (seed + rank), and
+the world model, actor and critic train in DistributedDataParallel: each update averages the
+gradients of the N ranks' batches, an effective batch of N x batch_size. The budget `steps` and
+the logged step axis are env steps summed over the ranks (N x each rank's own); the counts in
+policy steps (prefill, train_every, eval_every) are each rank's, so N ranks make as many updates
+per env step as one process does, each on N times the data. Rank 0 evaluates and writes the
+logs (its own training returns and losses), GIFs and the one checkpoint, which holds every
+rank's replay position and generators: a resume needs the same N. The ranks meet at every
+policy step (`Run.agree`), which keeps them in step (episodes must have one length on every
+rank, as dm-control's) and lets a signal, which torchrun forwards to every rank, stop them all
+at the same step, soon after it (torchrun kills its ranks 30 s after it forwarded a signal).
 """
 
 from __future__ import annotations
@@ -35,16 +49,17 @@ from wmrl.envs.rollout import (
     run_episode,
     set_env_rng_state,
 )
+from wmrl.infra import distributed
 from wmrl.infra.checkpoint import load_checkpoint
 from wmrl.infra.config import at_least, load_config
 from wmrl.infra.metrics import MeanMetrics, nonfinite_fix
 from wmrl.infra.run import Every, Run
-from wmrl.planners.actor_critic import ActorCritic, ActorCriticConfig
+from wmrl.planners.actor_critic import ActorCritic, ActorCriticConfig, ActorLoss, CriticLoss
 from wmrl.planners.methods.runs import LoadedRun, openloop_frames
 from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
 from wmrl.worldmodels.nets import make_optimizer
 from wmrl.worldmodels.protocol import map_state
-from wmrl.worldmodels.rssm import RSSM, RecurrentStateSpaceModel, RSSMConfig
+from wmrl.worldmodels.rssm import RSSM, ModelLoss, RecurrentStateSpaceModel, RSSMConfig
 
 # PlaNet's Gaussian RSSM as danijar/dreamer (DreamerV1) trains it: model_lr 6e-4, grad_clip 100,
 # free nats 3, the reward's NLL unscaled; sizes and the rest PlaNet's.
@@ -227,19 +242,33 @@ def batch_to_device(batch: dict, device) -> dict:
 
 
 def make_update(
-    model: RecurrentStateSpaceModel, ac: ActorCritic, optimizer, device, sync: bool = True
+    model: RecurrentStateSpaceModel,
+    ac: ActorCritic,
+    optimizer,
+    device,
+    sync: bool = True,
+    wrap=None,
 ):
     """One DreamerV2 update on a replay batch (numpy): world model, then actor-critic from
     every posterior state. Returns the merged metrics (`model/...`, `ac/...`): floats with
     `sync` (a non-finite loss raises before it reaches the weights), else device tensors, and
-    the update never waits for the device; check those with `check_finite` when you sync."""
+    the update never waits for the device; check those with `check_finite` when you sync.
+
+    `wrap` (module, device -> module), for data parallelism: `infra.distributed.wrap`, which
+    puts the three losses (`ModelLoss`, `ActorLoss`, `CriticLoss`) in DistributedDataParallel,
+    so that each backward averages its gradients over the ranks, the optimiser steps, clipping
+    and slow critic staying as they are. None: one process, the losses called directly."""
+    model_loss = ac_losses = None
+    if wrap is not None:
+        model_loss = wrap(ModelLoss(model), device)
+        ac_losses = (wrap(ActorLoss(ac), device), wrap(CriticLoss(ac), device))
 
     def update(batch: dict) -> dict:
         batch = batch_to_device(batch, device)
-        wm_metrics, post = model.update(batch, optimizer, sync)
+        wm_metrics, post = model.update(batch, optimizer, sync, objective=model_loss)
         predicts_ends = getattr(model, "discount_head", None) is not None
         terminal = batch["is_terminal"] if predicts_ends else None
-        ac_metrics = ac.update(model, post, is_terminal=terminal, sync=sync)
+        ac_metrics = ac.update(model, post, is_terminal=terminal, sync=sync, objectives=ac_losses)
         return {
             **{f"model/{k}": v for k, v in wm_metrics.items()},
             **{f"ac/{k}": v for k, v in ac_metrics.items()},
@@ -253,14 +282,22 @@ class Learner:
 
     Updates run without host syncs: their metrics add up on the device (`metrics`) and reach
     the host once per logged episode, where a non-finite update is caught before the checkpoint
-    that would save it."""
+    that would save it. With `parallel` (several ranks under torchrun) the losses train in
+    DistributedDataParallel (`make_update`'s `wrap`); building the Learner then gives every rank
+    rank 0's weights."""
 
     def __init__(
-        self, model: RecurrentStateSpaceModel, ac: ActorCritic, cfg: DreamerConfig, device
+        self,
+        model: RecurrentStateSpaceModel,
+        ac: ActorCritic,
+        cfg: DreamerConfig,
+        device,
+        parallel: bool = False,
     ):
         self.model, self.ac, self.cfg = model, ac, cfg
         self.optimizer = make_optimizer(model)
-        self.update = make_update(model, ac, self.optimizer, device, sync=False)
+        wrap = distributed.wrap if parallel else None
+        self.update = make_update(model, ac, self.optimizer, device, sync=False, wrap=wrap)
         self.metrics = MeanMetrics()
 
     def train(self, replay, updates: int, stop=None) -> int:
@@ -322,8 +359,9 @@ def evaluate(env, policy: DreamerPolicy, episodes: int) -> float:
 def openloop_gif(
     run: Run, model: RecurrentStateSpaceModel, replay, cfg: DreamerConfig, step: int
 ) -> None:
-    """The open-loop video of the newest replay episode (pixel models only) into the run."""
-    if not model.pixels:
+    """The open-loop video of the newest replay episode (pixel models only) into the run (by
+    rank 0, when there are several)."""
+    if not model.pixels or not run.main:
         return
     ep = replay.last_episode()
     actions = np.concatenate([np.zeros_like(ep["actions"][:1]), ep["actions"]])
@@ -372,22 +410,28 @@ def episode_row(finished: list, metrics: dict, learner: Learner, replay, meter: 
     return {**row, **meter.rates()}
 
 
-def save(run: Run, learner: Learner, done: Progress, replay, rng, repeat: int, envs) -> None:
-    """The run's checkpoint: weights and optimisers, progress, where the replay stands, and the
-    generators of `envs` ({"collect": vector env, "eval": env}) that draw the next episodes."""
-    extra = {"env_steps": replay.total_steps * repeat, **replay_checkpoint(replay, rng)}
-    extra["env_rng"] = {name: env_rng_state(env) for name, env in envs.items()}
-    run.checkpoint({**learner.state_dict(), **asdict(done), **extra})
+def save(run: Run, learner: Learner, done: Progress, replay, rng, per_step: int, envs) -> None:
+    """The run's checkpoint: weights and optimisers, progress, env steps (`per_step` per policy
+    step in the replay), and this rank's own part: where its replay stands, and the generators
+    of `envs` ({"collect": vector env, "eval": env}) that draw its next episodes."""
+    own = {**replay_checkpoint(replay, rng)}
+    own["env_rng"] = {name: env_rng_state(env) for name, env in envs.items()}
+    shared = {**learner.state_dict(), **asdict(done), "env_steps": replay.total_steps * per_step}
+    run.checkpoint(shared, own=own)
 
 
-def open_envs(cfg: DreamerConfig, env, state: dict | None, device: torch.device):
+def open_envs(
+    cfg: DreamerConfig, env, state: dict | None, device: torch.device, seed: int | None = None
+):
     """The collecting vector env and the seed for its first reset, with the evaluation `env`
-    made ready too. A new run seeds both with `cfg.seed`. A resumed run puts back the
+    made ready too. A new run seeds both with `seed` (default `cfg.seed`; a rank's own, from
+    `Run.seed`, when data-parallel). A resumed run puts back the
     generators its checkpoint saved, so that it meets the episodes the run would have met had
     it never stopped (exact when every env's episode had ended at the checkpoint: one env, or
     dm-control's fixed-length episodes); a checkpoint without them, or for another number of
     envs, gets fresh seeds. Returns (vector env, seed or None)."""
-    seed = cfg.seed + 1000 * (0 if state is None else int(state["replay_episodes"]))
+    seed = cfg.seed if seed is None else seed
+    seed += 1000 * (0 if state is None else int(state["replay_episodes"]))
     workers = cfg.env_workers
     if workers is None:
         workers = cfg.num_envs > 1 or device.type == "cuda"
@@ -401,15 +445,15 @@ def open_envs(cfg: DreamerConfig, env, state: dict | None, device: torch.device)
     return vec, seed
 
 
-def pretrain(run: Run, learner: Learner, done: Progress, replay, cfg: DreamerConfig, repeat: int):
+def pretrain(run: Run, learner: Learner, done: Progress, replay, cfg: DreamerConfig, per_step: int):
     """The pretraining updates still to do (`done.pretrain_updates` counts them), stopping
     between updates on a signal. On a CPU with pixels the first two also say what the whole
-    budget will cost at their speed."""
+    budget (`per_step` env steps per policy step of the replay) will cost at their speed."""
     stop = lambda: run.stopping  # noqa: E731
     start, timed = time.perf_counter(), min(2, cfg.pretrain - done.pretrain_updates)
     done.pretrain_updates += learner.train(replay, timed, stop)
     if learner.model.pixels and timed:
-        left = (cfg.steps // repeat - replay.total_steps) // cfg.train_every * cfg.train_steps
+        left = (cfg.steps // per_step - replay.total_steps) // cfg.train_every * cfg.train_steps
         seconds = (time.perf_counter() - start) / timed
         run.speed_notice("pixel DreamerV2", seconds, left, CPU_ADVICE)
     done.pretrain_updates += learner.train(replay, cfg.pretrain - done.pretrain_updates, stop)
@@ -419,43 +463,48 @@ def pretrain(run: Run, learner: Learner, done: Progress, replay, cfg: DreamerCon
 
 def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     """Train DreamerV2 as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
-    checkpoint and replay) up to `cfg.steps` env steps. Returns a summary dict."""
+    checkpoint and replay) up to `cfg.steps` env steps (summed over the ranks when torchrun
+    starts several; see the module's docstring). Returns a summary dict (this rank's)."""
     if cfg.num_envs < 1:
         raise ValueError(f"num_envs must be at least 1, got {cfg.num_envs}")
-    with Run(cfg, resume, desc="dreamer") as run:
+    with Run(cfg, resume, desc="dreamer", parallel=True) as run:
         model, ac, env = build(cfg, run.device)
         run.closing(env)
-        repeat, learner = env_action_repeat(env), Learner(model, ac, cfg, run.device)
+        learner = Learner(model, ac, cfg, run.device, parallel=run.world.parallel)
+        # Env steps, summed over the ranks, per policy step in this rank's replay.
+        per_step = env_action_repeat(env) * run.world.size
         state = run.restore(meta(cfg, model), budget=(cfg.steps, "--steps", "env_steps"))
         if state is not None:
             learner.load_state_dict(state)
         done = Progress.from_state(state)
-        replay, rng = open_replay(run.dir, cfg.capacity, cfg.seed, state)
+        replay, rng = open_replay(run.dir, cfg.capacity, run.seed, state)
 
         # `num_envs` envs collect together (one batched policy call); evaluation runs in `env`.
-        vec, seed = open_envs(cfg, env, state, run.device)
+        vec, seed = open_envs(cfg, env, state, run.device, run.seed)
         run.closing(vec)
         collector = Collector(vec, replay, seed=seed)
         envs = {"collect": vec, "eval": env}
         explore = random_policy(vec.action_space, rng=rng)  # the prefill's uniform actions
         policy = DreamerPolicy(model, ac, run.device, cfg.num_envs)
         eval_policy = DreamerPolicy(model, ac, run.device)
-        run.begin(replay.total_steps * repeat, total=cfg.steps)
+        run.begin(replay.total_steps * per_step, total=cfg.steps)
 
         if replay.total_steps < cfg.prefill:
             run.phase("prefill")
             returns = []
             while replay.total_steps < cfg.prefill:  # in whole episodes
                 returns += [e.ret for e in collector.run(explore, episodes=1)]
+                run.agree(replay.total_steps)
                 if run.stopping:  # the prefill continues from the saved episodes
-                    save(run, learner, done, replay, rng, repeat, envs)
+                    save(run, learner, done, replay, rng, per_step, envs)
                     run.stop_point()
-            run.log(replay.total_steps * repeat, {"prefill/return": float(np.mean(returns))})
-            run.advance(replay.total_steps * repeat)
+            run.log(replay.total_steps * per_step, {"prefill/return": float(np.mean(returns))})
+            run.advance(replay.total_steps * per_step)
         if not done.pretrained:
             run.phase("pretrain")
-            pretrain(run, learner, done, replay, cfg, repeat)
-            save(run, learner, done, replay, rng, repeat, envs)
+            pretrain(run, learner, done, replay, cfg, per_step)
+            run.agree(replay.total_steps)
+            save(run, learner, done, replay, rng, per_step, envs)
             run.stop_point()
 
         # Policy step k (counted over all envs from the replay's committed steps on) is followed
@@ -463,9 +512,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         run.phase("train")
         first, base = replay.total_steps, collector.steps
         train_every = Every(cfg.train_every, start=first)
-        meter = Throughput(repeat)
-        train_return, since_checkpoint, logged = None, 0, replay.total_steps * repeat
-        while replay.total_steps * repeat < cfg.steps:
+        meter = Throughput(per_step)
+        train_return, since_checkpoint, logged = None, 0, replay.total_steps * per_step
+        while replay.total_steps * per_step < cfg.steps:
             # The updates due after this step run while the envs step (in worker processes
             # when they are async: the updates, which never wait for the device, overlap them).
             taken = collector.stepping
@@ -480,13 +529,16 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
 
             finished = collector.step(lambda obs: policy.act(obs, collector.is_first), updates)
             meter.add(taken, due, update_s)
+            # Several ranks meet at every step: a signal stops them all at one step, and they
+            # cannot run out of step unnoticed (a rank's episode ending before the others').
+            run.agree(replay.total_steps)
             if not finished:
                 if run.stopping:  # mid-episode: the weights are saved, the unfinished episode
                     # not (the resumed run starts a new one, so it is not the unstopped run's)
-                    save(run, learner, done, replay, rng, repeat, envs)
+                    save(run, learner, done, replay, rng, per_step, envs)
                     run.stop_point()
                 continue
-            step = replay.total_steps * repeat
+            step = replay.total_steps * per_step
             done.episodes += len(finished)
             since_checkpoint += len(finished)
             what = f"a Dreamer update between env steps {logged} and {step} in {run.dir}"
@@ -495,13 +547,14 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             train_return, logged = row["train/return"], step
             end = step >= cfg.steps
             if replay.total_steps - done.last_eval >= cfg.eval_every or end:
-                done.eval_return = evaluate(env, eval_policy, cfg.eval_episodes)
+                if run.main:  # (the rows and checkpoints are rank 0's)
+                    done.eval_return = evaluate(env, eval_policy, cfg.eval_episodes)
                 done.last_eval, row["eval/return"] = replay.total_steps, done.eval_return
             run.log(step, row)
             if (cfg.gif_every and done.episodes % cfg.gif_every < len(finished)) or end:
                 openloop_gif(run, model, replay, cfg, step)
             if since_checkpoint >= cfg.checkpoint_every or end or run.stopping:
-                save(run, learner, done, replay, rng, repeat, envs)
+                save(run, learner, done, replay, rng, per_step, envs)
                 since_checkpoint = 0
             run.advance(step, ret=f"{train_return:.1f}", updates=int(ac.updates))
             run.stop_point()
@@ -510,15 +563,16 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             # The prefill's whole episodes used the budget (several envs, a small --steps):
             # the run still ends with its evaluation, GIF and checkpoint.
             warnings.warn(PREFILL_USED_THE_BUDGET.format(replay.total_steps, cfg), stacklevel=2)
-            done.eval_return = evaluate(env, eval_policy, cfg.eval_episodes)
+            if run.main:
+                done.eval_return = evaluate(env, eval_policy, cfg.eval_episodes)
             done.last_eval = replay.total_steps
-            run.log(replay.total_steps * repeat, {"eval/return": done.eval_return})
-            openloop_gif(run, model, replay, cfg, replay.total_steps * repeat)
-            save(run, learner, done, replay, rng, repeat, envs)
+            run.log(replay.total_steps * per_step, {"eval/return": done.eval_return})
+            openloop_gif(run, model, replay, cfg, replay.total_steps * per_step)
+            save(run, learner, done, replay, rng, per_step, envs)
     return {
         "episodes": done.episodes,
         "replay_episodes": replay.total_episodes,
-        "env_steps": replay.total_steps * repeat,
+        "env_steps": replay.total_steps * per_step,
         "updates": int(ac.updates),
         "train_return": train_return,
         "eval_return": done.eval_return,

@@ -8,6 +8,19 @@ by episode (`run_dir/replay`) and the checkpoint records how many episodes it be
 
 The step axis of every logged value is env steps: policy steps (replay.total_steps) times the
 env's action repeat, as in the paper's plots.
+
+Data-parallel on N ranks (`torchrun --nproc-per-node N scripts/train_planet.py ...`; see
+`infra.distributed`): every rank runs this loop with its own env, replay
+(`<run dir>/ranks/<r>/replay`, rank 0's in `<run dir>/replay`) and seed (seed + rank); the
+RSSM trains in DistributedDataParallel, each of the C updates averaging the gradients of the N
+ranks' batches (an effective batch of N x batch_size), and then every rank plans and collects
+one episode. The budget `episodes`, the episode counts (eval_every, gif_every,
+checkpoint_every) and the logged step axis are summed over the ranks (N per round; the last
+round may pass the budget by up to N - 1); seed_episodes and train_steps are each rank's.
+Rank 0 evaluates and writes the logs (its own training returns and losses), GIFs and the one
+checkpoint, which holds every rank's replay position and generators: a resume needs the same N.
+The ranks meet after every episode (`Run.agree`): a signal stops them all there, and their
+episodes must have one length (dm-control's fixed time limit).
 """
 
 from __future__ import annotations
@@ -30,14 +43,22 @@ from wmrl.envs.rollout import (
     run_episode,
     set_env_rng_state,
 )
-from wmrl.infra import CHECKPOINT_FILE, Every, MeanMetrics, Run, load_checkpoint, load_config
+from wmrl.infra import (
+    CHECKPOINT_FILE,
+    Every,
+    MeanMetrics,
+    Run,
+    distributed,
+    load_checkpoint,
+    load_config,
+)
 from wmrl.infra.config import at_least
 from wmrl.infra.metrics import nonfinite_fix
 from wmrl.planners.cem import CEMConfig, Planner
 from wmrl.planners.methods.runs import LoadedRun, openloop_frames
 from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
 from wmrl.worldmodels.nets import make_optimizer
-from wmrl.worldmodels.rssm import RSSM, RecurrentStateSpaceModel, RSSMConfig
+from wmrl.worldmodels.rssm import RSSM, ModelLoss, RecurrentStateSpaceModel, RSSMConfig
 
 
 @dataclass
@@ -106,12 +127,14 @@ PRESETS = {
 
 def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
     """Train PlaNet as `cfg` says; with `resume`, continue the run in `cfg.logdir` (its
-    checkpoint and replay) up to `cfg.episodes`. Returns a summary dict: planner episodes,
-    replay episodes, env steps, the last train and eval returns, the run directory."""
-    with Run(cfg, resume, desc="planet") as run:
+    checkpoint and replay) up to `cfg.episodes` (summed over the ranks when torchrun starts
+    several; see the module's docstring). Returns a summary dict: planner episodes, replay
+    episodes, env steps, the last train and eval returns, the run directory (this rank's)."""
+    with Run(cfg, resume, desc="planet", parallel=True) as run:
         model, env = build_model(cfg, run.device)
         run.closing(env)
-        repeat, action_dim = env_action_repeat(env), int(np.prod(env.action_space.shape))
+        ranks, action_dim = run.world.size, int(np.prod(env.action_space.shape))
+        per_step = env_action_repeat(env) * ranks  # env steps (all ranks') per policy step
         learner = Learner(model, cfg, run.device, run)
         state = run.restore(meta(cfg, model), budget=(cfg.episodes, "--episodes", "episodes"))
         done, eval_return = 0, None
@@ -120,20 +143,21 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
             done, eval_return = int(state["episodes"]), state.get("eval_return")
             if "rng" not in state:  # checkpoints written before every RNG's state was saved
                 torch.set_rng_state(state["torch_rng"].cpu())
-        replay, rng = open_replay(run.dir, cfg.capacity, cfg.seed, state)
+        replay, rng = open_replay(run.dir, cfg.capacity, run.seed, state)
         if state is not None and "env_rng" in state:  # the episodes the run would have met
             set_env_rng_state(env, state["env_rng"])
         else:  # a new run (or an older checkpoint without the env's generator)
-            env.reset(seed=cfg.seed + 1000 * done)
+            env.reset(seed=run.seed + 1000 * done)
         planner = Planner(model, action_dim, cfg.cem, device=run.device)
-        run.begin(replay.total_steps * repeat, total=cfg.episodes, initial=done, unit="episode")
+        run.begin(replay.total_steps * per_step, total=cfg.episodes, initial=done, unit="episode")
 
         if replay.total_episodes < cfg.seed_episodes:
             run.phase("seed episodes")
             explore, returns = random_policy(env.action_space, rng=rng), []
             while replay.total_episodes < cfg.seed_episodes:
                 returns.append(run_episode(env, explore, replay)[0])
-            run.log(replay.total_steps * repeat, {"seed/return": float(np.mean(returns))})
+            run.log(replay.total_steps * per_step, {"seed/return": float(np.mean(returns))})
+            run.agree(replay.total_steps)
             save(run, learner, replay, rng, env, done, eval_return)
 
         every_eval = Every(cfg.eval_every, start=done)
@@ -144,26 +168,27 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
         while done < cfg.episodes:
             start = time.perf_counter()
             learner.train(replay, f"planner episode {done + 1} (env step "
-                          f"{replay.total_steps * repeat}) in {run.dir}")  # fmt: skip
+                          f"{replay.total_steps * per_step}) in {run.dir}")  # fmt: skip
             if not measured:  # the first measured speed: say what the budget costs here
                 seconds, measured = (time.perf_counter() - start) / max(cfg.train_steps, 1), True
-                left = (cfg.episodes - done) * cfg.train_steps
+                left = (cfg.episodes - done + ranks - 1) // ranks * cfg.train_steps  # rounds
                 run.speed_notice("pixel PlaNet", seconds, left, CPU_ADVICE)
             model.eval()
             planner.reset()
             act = partial(planner_action, planner, explore=True)
             train_return, length, rows = run_episode(env, act, replay, record=model.pixels)
-            done += 1
-            step, end = replay.total_steps * repeat, done == cfg.episodes
+            done += ranks
+            run.agree(replay.total_steps)  # several ranks: a signal stops all of them here
+            step, end = replay.total_steps * per_step, done >= cfg.episodes
             row = learner.means()
             row.update({"train/return": train_return, "train/length": length})
             row["train/episodes"] = replay.total_episodes
             # Each counter is called on every episode (before `or end`), so none skips a period.
-            if every_eval(done) or end:
+            if (every_eval(done) or end) and run.main:  # (the rows are rank 0's)
                 eval_return = evaluate(env, planner, cfg.eval_episodes)
                 row["eval/return"] = eval_return
             run.log(step, row)
-            if (every_gif(done) or end) and model.pixels:
+            if (every_gif(done) or end) and model.pixels and run.main:
                 frames = openloop_frames(model, rows["obs"], rows["action"],
                                          cfg.openloop_context, cfg.openloop_horizon)  # fmt: skip
                 run.video(step, "openloop", frames)
@@ -174,7 +199,7 @@ def train_planet(cfg: PlaNetConfig, resume: bool = False) -> dict:
     return {
         "episodes": done,
         "replay_episodes": replay.total_episodes,
-        "env_steps": replay.total_steps * repeat,
+        "env_steps": replay.total_steps * per_step,
         "train_return": train_return,
         "eval_return": eval_return,
         "run_dir": str(run.dir),
@@ -207,6 +232,9 @@ class Learner:
         self.model, self.cfg, self.device, self.run = model, cfg, device, run
         self.optimizer = make_optimizer(model)
         self.metrics = MeanMetrics()
+        # Several ranks: the loss in DDP (rank 0's weights on every rank from here on).
+        parallel = run is not None and run.world.parallel
+        self.objective = distributed.wrap(ModelLoss(model), device) if parallel else None
 
     def fix(self) -> str:
         """What a non-finite update's error advises: the data first, then the settings."""
@@ -225,7 +253,9 @@ class Learner:
             batch = replay.sample(self.cfg.batch_size, self.cfg.chunk_length)
             batch = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items()}
             try:
-                self.metrics.add(self.model.update(batch, self.optimizer)[0])
+                self.metrics.add(
+                    self.model.update(batch, self.optimizer, objective=self.objective)[0]
+                )
             except FloatingPointError as exc:
                 raise FloatingPointError(
                     f"PlaNet update {update + 1}/{self.cfg.train_steps} before {before}: {exc}; "
@@ -246,18 +276,17 @@ class Learner:
 
 
 def save(run: Run, learner: Learner, replay, rng, env, episodes: int, eval_return) -> None:
-    """The run's checkpoint: weights and optimizer, planner episodes done, env steps, the last
-    eval return, what `open_replay` needs to reopen the replay where it stood, and the env's
-    generator that draws its next episodes (checkpoints come between episodes, so a resumed
-    run meets the episodes the run would have met had it never stopped)."""
+    """The run's checkpoint: weights and optimizer, planner episodes done, env steps (summed
+    over the ranks), the last eval return, and this rank's own part: what `open_replay` needs
+    to reopen its replay where it stood, and its env's generator that draws its next episodes
+    (checkpoints come between episodes, so a resumed run meets the episodes the run would have
+    met had it never stopped)."""
     run.checkpoint({
         **learner.state_dict(),
         "episodes": episodes,
-        "env_steps": replay.total_steps * env_action_repeat(env),
+        "env_steps": replay.total_steps * env_action_repeat(env) * run.world.size,
         "eval_return": eval_return,
-        **replay_checkpoint(replay, rng),
-        "env_rng": env_rng_state(env),
-    })  # fmt: skip
+    }, own={**replay_checkpoint(replay, rng), "env_rng": env_rng_state(env)})  # fmt: skip
 
 
 def planner_action(planner: Planner, obs: np.ndarray, explore: bool) -> np.ndarray:
