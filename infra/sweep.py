@@ -248,7 +248,8 @@ def write_table(cfg: SweepConfig, results) -> list[dict]:
             "last": metrics.get(cfg.metric),
             "best": metrics.get(f"best/{cfg.metric}"),
             "step": metrics.get("step"),
-            "wall_min": round(metrics.get("wall_s", 0.0) / 60, 1),
+            # The run's own clock where it logs one (time/wall_s), else Tune's for the trial.
+            "wall_min": round((metrics.get("wall_s") or metrics.get("time_total_s", 0.0)) / 60, 1),
             "run_dir": metrics.get("run_dir", ""),
         })  # fmt: skip
     sign = -1 if cfg.mode == "max" else 1
