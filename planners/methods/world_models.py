@@ -48,6 +48,7 @@ from wmrl.infra import (
     seed_everything,
     set_rng_state,
 )
+from wmrl.infra.cluster import require_ray
 from wmrl.infra.config import at_least
 from wmrl.infra.metrics import nonfinite_fix
 from wmrl.planners.controller import (
@@ -166,6 +167,8 @@ def train_worldmodels(cfg: WorldModelsConfig, resume: bool = False) -> dict:
                 done.remove("controller")
         todo = [s for s in STAGES if s in cfg.stages and s not in done]
         check_inputs(todo, done)
+        if "controller" in todo and cfg.controller.backend == "ray":
+            require_ray("--controller.backend ray")  # now, not after hours of the other stages
         run.save_config()  # on resume too: a larger budget is the run's config from now on
         # Stages log on separate step axes (env steps, updates, generations): each stage drops
         # the rows of its own it logged after its checkpoint (`Run.begin` would drop every

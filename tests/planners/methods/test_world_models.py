@@ -317,3 +317,13 @@ def test_presets_and_help():
     )
     assert result.returncode == 0
     assert "--controller.population" in result.stdout and "--stages" in result.stdout
+
+
+def test_the_ray_backend_without_ray_stops_before_the_first_stage(tmp_path, monkeypatch):
+    """--controller.backend ray with no Ray installed ends at the start, naming the extra, not
+    after the collection and model stages have run."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    cfg = tiny(tmp_path / "run", controller=ControllerConfig(backend="ray", workers=1))
+    with pytest.raises(ImportError, match=r"--controller.backend ray needs Ray.*\.\[ray\]"):
+        train_worldmodels(cfg)
+    assert not (tmp_path / "run" / "rollouts").exists()  # nothing was collected
