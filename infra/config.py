@@ -23,10 +23,12 @@ lines of adapters (and a hook tyro marks private) against the ~95 of `build_pars
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import difflib
 import functools
 import inspect
+import io
 import json
 import math
 import operator
@@ -390,6 +392,15 @@ def load_config(cls: type[C], run_dir: str | Path) -> C:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file in the same directory and a rename."""
     atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_csv(path: str | Path, rows: list[dict], fieldnames: list[str]) -> None:
+    """Write `rows` (dicts keyed by `fieldnames`) as CSV with a header, atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -26,7 +26,6 @@ per trial).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from wmrl.infra.cluster import connect_ray, require_ray
-from wmrl.infra.config import atomic_write_text, save_config
+from wmrl.infra.config import atomic_write_csv, atomic_write_text, save_config
 from wmrl.infra.curves import Panel, align, plot_panels, read_curve
 from wmrl.infra.logger import read_metrics
 
@@ -257,11 +256,7 @@ def write_table(cfg: SweepConfig, results) -> list[dict]:
     root = Path(cfg.logdir)
     atomic_write_text(root / "sweep.md", markdown(rows, cfg.metric))
     keys = sorted({k for r in rows for k in r}, key=lambda k: (not k.startswith("param/"), k))
-    with open(root / "sweep.csv.tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    (root / "sweep.csv.tmp").replace(root / "sweep.csv")
+    atomic_write_csv(root / "sweep.csv", rows, keys)
     curves = {}
     for r in rows:
         curve = read_curve(r["run_dir"], cfg.metric) if r["run_dir"] else None

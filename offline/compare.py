@@ -18,7 +18,6 @@ and <out>.png: mean normalised score against gradient steps, ± one std shaded.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections import defaultdict
@@ -29,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from wmrl.infra import apply_overrides, atomic_write_text, read_metrics
+from wmrl.infra.config import atomic_write_csv
 from wmrl.infra.curves import Panel, align, plot_panels
 from wmrl.offline.trainer import ALGORITHMS, PRESETS, OfflineConfig, train_offline
 
@@ -185,10 +185,6 @@ def compare_offline(cfg: CompareConfig) -> list[dict]:
     out = Path(cfg.out) if cfg.out else root / "comparison"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".md"), markdown(table))
-    with open(out.with_suffix(".csv.tmp"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    out.with_suffix(".csv.tmp").replace(out.with_suffix(".csv"))
+    atomic_write_csv(out.with_suffix(".csv"), table, list(table[0]))
     plot(runs, out.with_suffix(".png"))
     return table
