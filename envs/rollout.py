@@ -7,6 +7,8 @@ runs batched policies in vector envs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gymnasium as gym
 import numpy as np
 
@@ -53,15 +55,31 @@ def run_episode(env, policy, replay=None, record: bool = False):
     return ret, steps, rows
 
 
-def episode_returns(env, act, episodes: int, seed: int) -> np.ndarray:
+def episode_returns(
+    env,
+    act,
+    episodes: int,
+    seed: int,
+    *,
+    reset: Callable[[], None] | None = None,
+    observe: Callable[[float], None] | None = None,
+) -> np.ndarray:
     """Undiscounted returns (episodes,) of `act` (obs (S,) numpy -> action (A,) numpy) in `env`,
-    one reset seed per episode (seed, seed + 1, ...), so every evaluation sees the same starts."""
+    one reset seed per episode (seed, seed + 1, ...), so every evaluation sees the same starts.
+
+    A policy with a memory of its episode (the Decision Transformer's history and return-to-go)
+    passes `reset()`, called at each episode's start before its first action, and
+    `observe(reward)`, called with the reward of each step it took."""
     returns = []
     for i in range(episodes):
         obs, _ = env.reset(seed=seed + i)
+        if reset is not None:
+            reset()
         total, done = 0.0, False
         while not done:
             obs, reward, terminated, truncated, _ = env.step(act(obs))
+            if observe is not None:
+                observe(float(reward))
             total += float(reward)
             done = terminated or truncated
         returns.append(total)

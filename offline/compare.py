@@ -37,7 +37,7 @@ METRIC = "eval/normalized_score"
 
 @dataclass
 class CompareConfig:
-    algos: str = "bc,td3bc,cql,iql,awac,rebrac,sacn,edac,sacrnd"  # comma-separated
+    algos: str = "bc,td3bc,cql,iql,awac,rebrac,sacn,edac,sacrnd,dt"  # comma-separated
     datasets: str = ""  # comma-separated Minari ids or paths; empty: only tabulate logdir
     seeds: str = "0,1,2"
     steps: int = 1_000_000  # gradient steps per run

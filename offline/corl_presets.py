@@ -1,13 +1,13 @@
 """CORL's per-dataset settings of the offline suite, as values of our configs' fields.
 
 Source: CORL (github.com/corl-team/CORL) at commit eeeeef2671235fcce3a3eb255576a207d78840e6,
-configs/offline/<algo>/<env>/<dataset>.yaml, one file per algorithm (awac, bc, cql, edac, iql,
-rebrac, sac_n, td3_bc) and D4RL dataset. Only facts are taken from them: the values that vary
+configs/offline/<algo>/<env>/<dataset>.yaml, one file per algorithm (awac, bc, cql, dt, edac,
+iql, rebrac, sac_n, td3_bc) and D4RL dataset. Only facts are taken from them: the values that vary
 across an algorithm's datasets, stored here under our field names where they differ from our
 defaults. Every other value in these files equals our default, has no counterpart in our
 configs (docs/offline.md lists those), or is the same on every dataset (SAC-N's and EDAC's 3M
-steps: --steps). SAC-RND is not in that commit: its values come from CORL's SAC-RND pull request
-(github.com/tinkoff-ai/CORL commit 3a599ea4609bc9079a51febeb057ccd53f22dcfe,
+steps, DT's 100k: --steps). SAC-RND is not in that commit: its values come from CORL's SAC-RND
+pull request (github.com/tinkoff-ai/CORL commit 3a599ea4609bc9079a51febeb057ccd53f22dcfe,
 configs/sac_rnd/<env>/<dataset>.yaml), one file for each of the 18 locomotion and 6 antmaze
 datasets.
 
@@ -146,6 +146,32 @@ def _sacrnd(name: str) -> dict[str, Any]:
     return {**{k: v for k, v in betas if v != 1.0}, **rest}
 
 
+# DT's target returns (highest first, as CORL's configs list them) per environment; antmaze's
+# below. A dataset without a preset conditions on its best episode return (`offline.dt`).
+_DT_TARGETS = {
+    "halfcheetah": (12000.0, 6000.0),
+    "hopper": (3600.0, 1800.0),
+    "walker2d": (5000.0, 2500.0),
+    "maze2d": (280.0, 140.0),
+    "pen": (3100.0, 1550.0),
+    "door": (2900.0, 1450.0),
+    "hammer": (12800.0, 6400.0),
+    "relocate": (4300.0, 2150.0),
+}
+_DT_ANTMAZE_DIVERSE = (1.0, 0.5, 0.25, 0.125, 0.06, 0.03)  # the *-diverse datasets; others 1, 0.5
+
+
+def _dt(name: str) -> dict[str, Any]:
+    """CORL's DT on antmaze keeps its dataclass batch (64) and lr (1e-4) and unscaled rewards;
+    everywhere else batch 4096 and lr 8e-4, rewards unscaled off locomotion."""
+    env = name.split("-")[0]
+    if env == "antmaze":
+        targets = _DT_ANTMAZE_DIVERSE if name.endswith("diverse") else (1.0, 0.5)
+        return {"target_returns": targets, "reward_scale": 1.0}
+    out: dict[str, Any] = {"target_returns": _DT_TARGETS[env], "batch_size": 4096, "lr": 8e-4}
+    return out if name in LOCOMOTION else {**out, "reward_scale": 1.0}
+
+
 # CQL on antmaze: the Lagrange form, max-backup targets and clipped differences, raw states.
 _CQL_ANTMAZE = {
     "cql_alpha": 5.0,
@@ -200,6 +226,9 @@ CORL: dict[str, dict[str, dict[str, Any]]] = {
         "pen-human": {"num_critics": 20, "eta": 1000.0},
     },
     "sacrnd": {name: _sacrnd(name) for name in _SACRND_BETA},
+    "dt": {
+        name: _dt(name) for name in _families(LOCOMOTION_ENVS, MEDIUM) + ANTMAZE + MAZE2D + ADROIT
+    },
 }
 
 # Names some datasets give an environment that D4RL calls otherwise.

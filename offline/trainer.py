@@ -15,6 +15,14 @@ over them, and config.json names the preset applied, so a resumed run keeps it.
 metrics.jsonl (step = gradient steps): train/<loss terms> averaged over `log_every` updates,
 train/updates_per_s, eval/return (mean over `eval_episodes` deterministic episodes),
 eval/return_std and, for datasets with reference scores, eval/normalized_score (D4RL scale).
+An algorithm that evaluates several policies (DT, one per target return) reports its first one
+there and each other as eval/<policy>/return, eval/<policy>/return_std and
+eval/<policy>/normalized_score.
+
+DT learns from windows of whole episodes rather than transitions: an algorithm with a
+`make_buffer(episodes, normalizer)` method builds its own buffer, and one with
+`policies(normalizer)` is evaluated through those stateful policies (`episode_returns` calls
+their `reset` and `observe`) instead of `act`.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from wmrl.offline.common import (
 )
 from wmrl.offline.corl_presets import family, preset_for
 from wmrl.offline.cql import CQL, CQLConfig
+from wmrl.offline.dt import DT, DTConfig, SequenceBuffer
 from wmrl.offline.edac import EDAC, EDACConfig
 from wmrl.offline.iql import IQL, IQLConfig
 from wmrl.offline.rebrac import ReBRAC, ReBRACConfig
@@ -67,8 +76,9 @@ ALGORITHMS: dict[str, type[OfflineAlgorithm]] = {
     "sacn": SACN,
     "edac": EDAC,
     "sacrnd": SACRND,
+    "dt": DT,
 }
-AlgoName = Literal["bc", "td3bc", "cql", "iql", "awac", "rebrac", "sacn", "edac", "sacrnd"]
+AlgoName = Literal["bc", "td3bc", "cql", "iql", "awac", "rebrac", "sacn", "edac", "sacrnd", "dt"]
 
 
 @dataclass
@@ -81,7 +91,7 @@ class OfflineConfig:
     seed: int = 0
     device: str = "auto"
     steps: int = 1_000_000  # gradient steps (CORL: 1M; SAC-N and EDAC use 3M; SAC-RND 3M after
-    # its 1000 RND updates: 3001000)
+    # its 1000 RND updates: 3001000; DT 100k: 100000)
     eval_every: int = 5000
     eval_episodes: int = 10
     log_every: int = 1000
@@ -98,6 +108,7 @@ class OfflineConfig:
     sacn: SACNConfig = field(default_factory=SACNConfig)
     edac: EDACConfig = field(default_factory=EDACConfig)
     sacrnd: SACRNDConfig = field(default_factory=SACRNDConfig)
+    dt: DTConfig = field(default_factory=DTConfig)
 
     def __post_init__(self):
         at_least(self, 1, "steps", "eval_every", "log_every", "checkpoint_every")
@@ -192,20 +203,44 @@ def normalized_action(algo: OfflineAlgorithm, normalizer: Normalizer, obs: np.nd
 
 
 @torch.no_grad()
-def evaluate(env, algo, normalizer, episodes: int, seed: int) -> np.ndarray:
-    """Returns (episodes,) of algo.act on normalised states (`episode_returns`, reset seeds
-    seed, seed + 1, ...), with the algorithm in eval mode meanwhile."""
+def evaluate(env, algo, normalizer, episodes: int, seed: int) -> dict[str, np.ndarray]:
+    """{policy name: returns (episodes,)}, every policy on the same reset seeds (seed, seed + 1,
+    ...; `episode_returns`), with the algorithm in eval mode meanwhile. One policy, named "",
+    for algo.act on normalised states; an algorithm with `policies(normalizer)` (DT: one per
+    target return, each keeping its episode's history) gets one entry per policy, in its
+    order."""
     algo.eval()
-    returns = episode_returns(env, partial(normalized_action, algo, normalizer), episodes, seed)
-    algo.train()
-    return returns
+    try:
+        if hasattr(algo, "policies"):
+            return {
+                name: episode_returns(
+                    env, policy, episodes, seed, reset=policy.reset, observe=policy.observe
+                )
+                for name, policy in algo.policies(normalizer).items()
+            }
+        act = partial(normalized_action, algo, normalizer)
+        return {"": episode_returns(env, act, episodes, seed)}
+    finally:
+        algo.train()
+
+
+def eval_row(returns: dict[str, np.ndarray], dataset) -> dict[str, float]:
+    """`score_row` of the first policy's returns (eval/return, ...), and of each other policy's
+    under its name (eval/<name>/return, ...)."""
+    first, *others = returns
+    row = score_row(returns[first], dataset)
+    for name in others:
+        for key, value in score_row(returns[name], dataset).items():
+            row[key.replace("eval/", f"eval/{name}/", 1)] = value
+    return row
 
 
 def build(
     cfg: OfflineConfig, dataset, device
-) -> tuple[OfflineAlgorithm, Normalizer, TransitionBuffer, float]:
+) -> tuple[OfflineAlgorithm, Normalizer, TransitionBuffer | SequenceBuffer, float]:
     """The algorithm, the state normaliser and the (normalised) transitions on `device`, and the
-    reward scale applied to them."""
+    reward scale applied to them; for an algorithm with `make_buffer` (DT), the buffer it builds
+    from the dataset's episodes instead."""
     if cfg.algo not in ALGORITHMS:
         raise ValueError(f"--algo must be one of {sorted(ALGORITHMS)}, got {cfg.algo!r}")
     algo_cfg = getattr(cfg, cfg.algo)
@@ -220,16 +255,18 @@ def build(
     max_action = symmetric_bound(dataset.action_space, f"dataset {dataset.dataset_id!r}")
     t = dataset.transitions()
     obs_dim, action_dim = t["observations"].shape[1], t["actions"].shape[1]
-    if algo_cfg.normalize_states:
-        normalizer = Normalizer.fit(t["observations"])
+    if algo_cfg.normalize_states:  # std + 1e-3, CORL's; its DT's + 1e-6 (dt.state_std_eps)
+        normalizer = Normalizer.fit(t["observations"], getattr(algo_cfg, "state_std_eps", 1e-3))
     else:
         normalizer = Normalizer.identity(obs_dim)
     scale = reward_scale(dataset) if algo_cfg.normalize_reward else 1.0
+    algo = ALGORITHMS[cfg.algo](obs_dim, action_dim, algo_cfg, max_action).to(device)
+    if hasattr(algo, "make_buffer"):
+        return algo, normalizer.to(device), algo.make_buffer(dataset.episodes, normalizer), scale
     t = dict(t, rewards=t["rewards"] * np.float32(scale))
     for k in ("observations", "next_observations"):
         t[k] = ((t[k] - normalizer.mean.numpy()) / normalizer.std.numpy()).astype(np.float32)
     buffer = TransitionBuffer.from_transitions(t, device)
-    algo = ALGORITHMS[cfg.algo](obs_dim, action_dim, algo_cfg, max_action).to(device)
     return algo, normalizer.to(device), buffer, scale
 
 
@@ -295,10 +332,10 @@ def train_offline(cfg: OfflineConfig, resume: bool = False, keep: Iterable[str] 
                 t0 = time.perf_counter()
             if every_eval(step) or end:
                 returns = evaluate(env, algo, normalizer, cfg.eval_episodes, cfg.seed + 10_000)
-                row.update(score_row(returns, dataset))
+                row.update(eval_row(returns, dataset))
                 best = best_score(best, row)
                 row["time/wall_s"] = run.wall()
-                run.advance(step, ret=f"{returns.mean():.1f}")
+                run.advance(step, ret=f"{row['eval/return']:.1f}")
                 t0 = time.perf_counter()  # evaluation time is not update time
             if row:
                 run.log(step, row)

@@ -33,6 +33,8 @@ from torch.profiler import ProfilerActivity, profile
 from wmrl import envs
 from wmrl.envs.replay import EpisodeReplay
 from wmrl.infra import command
+from wmrl.offline.common import Normalizer
+from wmrl.offline.dt import SequenceBuffer
 from wmrl.offline.morel.pmdp import PessimisticMDP
 from wmrl.offline.morel.train import MemberModel
 from wmrl.offline.trainer import ALGORITHMS, OfflineConfig
@@ -205,13 +207,36 @@ def bench_dreamer(
     return out
 
 
+def dt_batch(batch_size: int, seq_len: int, device: str) -> dict:
+    """A batch of DT windows (`SequenceBuffer`) of 20 random 1000-step episodes in Hopper's
+    dimensions, on the device: what the trainer feeds DT, padding included."""
+    g = np.random.default_rng(0)
+    episodes = [
+        {"observations": g.normal(size=(1001, 11)), "actions": g.uniform(-1, 1, (1000, 3)),
+         "rewards": g.normal(size=1000)}
+        for _ in range(20)
+    ]  # fmt: skip
+    buffer = SequenceBuffer(episodes, Normalizer.identity(11), seq_len, 0.001, device)
+    return buffer.sample(batch_size, torch.Generator(device).manual_seed(0))
+
+
 def bench_offline(device: str, updates: int) -> dict:
     """Gradient steps/s of each offline algorithm at its default (CORL) sizes and batch, on
-    Hopper's dimensions (11-dim states, 3-dim actions), random batches already on the device."""
+    Hopper's dimensions (11-dim states, 3-dim actions), random batches already on the device.
+    DT at its default batch of 64 windows of 20 steps (CORL's dt.py; antmaze's configs) and, on
+    an accelerator, also at the 4096 of CORL's other configs (dt_batch4096)."""
     out = {"device": device}
     for name, cls in ALGORITHMS.items():
         torch.manual_seed(0)
         cfg = getattr(OfflineConfig(), name)
+        if name == "dt":
+            sizes = (cfg.batch_size,) if device == "cpu" else (cfg.batch_size, 4096)
+            for B in sizes:
+                algo = cls(11, 3, dataclasses.replace(cfg, batch_size=B)).to(device)
+                batch = dt_batch(B, cfg.seq_len, device)
+                ms = timed(lambda a=algo, b=batch: [a.update(b) for _ in range(updates)], device, 3)
+                out[name if B == cfg.batch_size else f"{name}_batch{B}"] = 1e3 * updates / ms
+            continue
         if hasattr(cfg, "rnd_steps"):  # SAC-RND: a short RND phase first, then SAC is timed
             cfg = dataclasses.replace(cfg, rnd_steps=20)
         algo = cls(11, 3, cfg).to(device)
@@ -483,7 +508,7 @@ def main(argv=None) -> dict:
         print(f"\nOffline gradient steps/s on {r['device']} (CORL sizes and batches, Hopper dims)")
         for name, v in r.items():
             if name != "device":
-                print(f"{name:8s} {v:8.1f}")
+                print(f"{name:12s} {v:8.1f}")
     if "ensemble" in sections:
         r = bench_ensemble(args.device)
         results["ensemble"] = r

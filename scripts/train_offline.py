@@ -7,7 +7,7 @@
         --logdir runs/cql --seed 1
     python scripts/train_offline.py --logdir runs/td3bc --resume --steps 2000000
 
-Algorithms: bc, td3bc, cql, iql, awac, rebrac, sacn, edac, sacrnd; each one's settings are
+Algorithms: bc, td3bc, cql, iql, awac, rebrac, sacn, edac, sacrnd, dt; each one's settings are
 flags under its name (--iql.beta, --rebrac.actor_bc_coef, --sacn.num_critics ...) with CORL's
 defaults.
 CORL's per-dataset values are applied for the dataset the id names (hopper-medium-v2,

@@ -6,6 +6,7 @@ from wmrl.worldmodels.categorical_rssm import (
     kl_balance_loss,
 )
 from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig, usad_threshold
+from wmrl.worldmodels.gpt import GPT
 from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
 from wmrl.worldmodels.nets import (
     ConvDecoder,
@@ -42,3 +43,4 @@ __all__ += ["MDNRNN", "ConvVAE", "MDNRNNConfig", "VAEConfig", "WorldModels"]
 __all__ += ["CategoricalRSSM", "CategoricalRSSMConfig", "LayerNormGRUCell", "kl_balance_loss"]
 __all__ += ["DynamicsEnsemble", "EnsembleConfig", "EnsembleLayerNorm", "EnsembleLinear"]
 __all__ += ["usad_threshold"]
+__all__ += ["GPT"]  # the causal transformer of the sequence models

@@ -137,6 +137,37 @@ def test_values_are_corl_configs():
     assert "sacrnd.actor_beta" not in umaze and umaze["sacrnd.critic_beta"] == 0.1
     assert preset_for("sacrnd", "maze2d-umaze-v1") is None
     assert preset_for("sacrnd", "pen-human-v1") is None
+    # DT (configs/offline/dt/<env>/<dataset>.yaml at eeeeef2): target returns per env, batch
+    # 4096 and lr 8e-4 but on antmaze, rewards unscaled (reward_scale 1) but on locomotion
+    assert preset_for("dt", "mujoco/hopper/medium-v0") == (
+        "corl/dt/hopper-medium",
+        {"dt.target_returns": (3600.0, 1800.0), "dt.batch_size": 4096, "dt.lr": 8e-4},
+    )
+    targets = {
+        "halfcheetah-medium-replay-v2": (12000.0, 6000.0),
+        "walker2d-medium-expert-v2": (5000.0, 2500.0),
+        "maze2d-umaze-v1": (280.0, 140.0),
+        "pen-cloned-v1": (3100.0, 1550.0),
+        "door-human-v1": (2900.0, 1450.0),
+        "hammer-expert-v1": (12800.0, 6400.0),
+        "relocate-human-v1": (4300.0, 2150.0),
+        "antmaze-medium-play-v2": (1.0, 0.5),
+        "antmaze-large-diverse-v2": (1.0, 0.5, 0.25, 0.125, 0.06, 0.03),
+    }
+    for dataset_id, returns in targets.items():
+        assert preset_for("dt", dataset_id)[1]["dt.target_returns"] == returns
+    assert preset_for("dt", "D4RL/door/expert-v2")[1] == {
+        "dt.target_returns": (2900.0, 1450.0),
+        "dt.batch_size": 4096,
+        "dt.lr": 8e-4,
+        "dt.reward_scale": 1.0,
+    }
+    assert preset_for("dt", "antmaze-umaze-v2")[1] == {
+        "dt.target_returns": (1.0, 0.5),
+        "dt.reward_scale": 1.0,
+    }
+    assert preset_for("dt", "hopper-random-v2") is None  # CORL's DT: medium* locomotion only
+    assert preset_for("dt", "maze2d-umaze-dense-v1") is None
     # CORL has SAC-N and EDAC configs only for medium* locomotion datasets
     assert preset_for("sacn", "hopper-expert-v2") is None
     assert preset_for("edac", "walker2d-random-v2") is None
@@ -159,6 +190,7 @@ def test_every_stored_value_is_a_field_of_ours_set_away_from_its_default():
         "sacn": 30,
         "edac": 30,
         "sacrnd": 24,  # locomotion and antmaze
+        "dt": 30,  # medium* locomotion, antmaze, maze2d (no dense), Adroit
     }
 
 
