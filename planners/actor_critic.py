@@ -276,13 +276,17 @@ class ActorCritic(nn.Module):
         return TwoHot(out).mean() if self.cfg.critic_bins else out.squeeze(-1)
 
     # --------------------------------------------------------------------------- imagination
-    def imagine(self, model, start, horizon: int | None = None, is_terminal=None) -> dict:
+    def imagine(
+        self, model, start, horizon: int | None = None, is_terminal=None, reward_fn=None
+    ) -> dict:
         """Roll the actor out in `model` from `start` (a state with leading dim (N,)).
 
         Returns a dict of (N, H+1, ...) tensors aligned as the module's diagram: feat, action,
         reward, discount, weight, and "state" (the model's states, stacked). `is_terminal` (N,)
         overrides the continuation of z_0 with the replay's truth (danijar does so where the
-        model predicts discounts)."""
+        model predicts discounts). `reward_fn` (the dict without "reward" -> (N, H+1)) gives the
+        rewards in place of `model.reward` (an explorer's intrinsic reward, danijar's
+        `reward_fn`), aligned as the diagram: reward[k] is for arriving in z_k."""
         H = self.cfg.horizon if horizon is None else horizon
         state = start
         feats = [model.features(state)]
@@ -301,14 +305,15 @@ class ActorCritic(nn.Module):
         discount = self.cfg.discount * cont
         ones = torch.ones_like(discount[:, :1])
         weight = torch.cumprod(torch.cat([ones, discount[:, :-1]], 1), 1).detach()
-        return {
+        seq = {
             "feat": torch.stack(feats, 1),
             "action": torch.stack(actions, 1),
-            "reward": model.reward(states).float(),
             "discount": discount,
             "weight": weight,
             "state": states,
         }
+        seq["reward"] = (model.reward(states) if reward_fn is None else reward_fn(seq)).float()
+        return seq
 
     def _imagine_step(self, model, state, feat):
         """One imagined step: (action a_(k+1), state z_(k+1), its features) from z_k."""
@@ -370,23 +375,30 @@ class ActorCritic(nn.Module):
             nll = gaussian_nll(self.value(seq["feat"][:, :-1].detach()), target.detach(), 0)
         return (seq["weight"][:, :-1] * nll).mean()
 
-    def actor_objective(self, model, start, is_terminal=None):
+    def actor_objective(self, model, start, is_terminal=None, reward_fn=None):
         """Imagination from the posterior states `start` (B, T) in `model` (frozen: the actor's
         gradient flows through it, into no weight of it), the lambda-returns and the actor's
         loss: (loss, metrics, seq, target), seq as `imagine`'s and target (B * T, H)."""
         start = map_state(lambda x: x.detach().reshape(-1, *x.shape[2:]), start)
         with frozen(model), autocast(self.updates.device):
-            seq = self.imagine(model, start, is_terminal=is_terminal)
+            seq = self.imagine(model, start, is_terminal=is_terminal, reward_fn=reward_fn)
             target = self.target(seq)
             actor_loss, metrics = self.actor_loss(seq, target)
         return actor_loss, metrics, seq, target
 
     def update(
-        self, model, start, is_terminal=None, sync: bool = True, objectives: tuple | None = None
+        self,
+        model,
+        start,
+        is_terminal=None,
+        sync: bool = True,
+        objectives: tuple | None = None,
+        reward_fn=None,
     ) -> dict:
         """One actor and one critic step from the posterior states `start` (B, T) of a
         world-model batch (each of the B * T states starts an imagined sequence; `is_terminal`
-        (B, T) or None); the model's weights are not changed.
+        (B, T) or None); the model's weights are not changed. `reward_fn`: see `imagine`
+        (None: the model's reward).
 
         `objectives` (actor's, critic's) compute the losses in place of `actor_objective` and
         `critic_loss`: a data-parallel loop passes `ActorLoss(self)` and `CriticLoss(self)`
@@ -397,7 +409,7 @@ class ActorCritic(nn.Module):
         the device; check them with `worldmodels.rssm.check_finite` when you sync."""
         actor_objective, critic_objective = objectives or (self.actor_objective, self.critic_loss)
         device = self.updates.device
-        actor_loss, metrics, seq, target = actor_objective(model, start, is_terminal)
+        actor_loss, metrics, seq, target = actor_objective(model, start, is_terminal, reward_fn)
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         actor_norm = nn.utils.clip_grad_norm_(self.actor.parameters(), self.cfg.grad_clip)
@@ -446,8 +458,8 @@ class ActorLoss(nn.Module):
         self.actor = ac.actor
         self._objective = ac.actor_objective  # a method, not a submodule
 
-    def forward(self, model, start, is_terminal=None):
-        return self._objective(model, start, is_terminal)
+    def forward(self, model, start, is_terminal=None, reward_fn=None):
+        return self._objective(model, start, is_terminal, reward_fn)
 
 
 class CriticLoss(nn.Module):

@@ -24,7 +24,7 @@ USAD (paper eq. 5, run_morel.py): disc(s, a) = max_(i, j) ||s'_i - s'_j||_2 over
 raw state units; the threshold is `pessimism_coef * max over the dataset of disc` (the official
 `truncate_lim`; a state-action pair beyond it is unknown and HALTs).
 
-Members are one module with a leading member dimension (`nets.EnsembleLinear`), each trained on
+Members are one module with a leading member dimension (`nets.EnsembleMLP`), each trained on
 its own shuffle of the data (independent minibatch indices), so no Python loop runs over them.
 """
 
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wmrl.worldmodels.nets import EnsembleLinear
+from wmrl.worldmodels.nets import EnsembleMLP
 from wmrl.worldmodels.protocol import open_loop
 
 State = dict[str, torch.Tensor]
@@ -176,7 +176,7 @@ def _transition_tensors(transitions: Mapping, device) -> dict[str, torch.Tensor]
 
 
 # --------------------------------------------------------------------------------- model
-class DynamicsEnsemble(nn.Module):
+class DynamicsEnsemble(EnsembleMLP):
     """N MLP members as one batched module; see the module docstring for the equations.
 
     Protocol state (fully observed; leading dims (B,) or (B, T)):
@@ -189,17 +189,14 @@ class DynamicsEnsemble(nn.Module):
     """
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: EnsembleConfig | None = None):
-        super().__init__()
-        self.cfg = cfg = cfg or EnsembleConfig()
-        self.obs_dim, self.action_dim = S, A = int(obs_dim), int(action_dim)
-        N = cfg.members
-        self.out_dim = D = S + int(cfg.predict_reward)  # regression targets: delta, reward
+        cfg = cfg or EnsembleConfig()
+        S, A, N = int(obs_dim), int(action_dim), cfg.members
+        D = S + int(cfg.predict_reward)  # regression targets: delta, reward
         heads = D * (2 if cfg.probabilistic else 1) + int(cfg.predict_termination)
-        dims = [S + A] + [cfg.hidden] * cfg.layers
-        self.hidden_layers = nn.ModuleList(
-            EnsembleLinear(i, o, N) for i, o in zip(dims[:-1], dims[1:], strict=True)
-        )
-        self.head = EnsembleLinear(dims[-1], heads, N)
+        # The batched member MLP is the base class (not a submodule), so the parameters keep
+        # the names `hidden_layers.*` and `head.*` that saved ensembles hold.
+        super().__init__(S + A, heads, N, cfg.hidden, cfg.layers, nn.ReLU)
+        self.cfg, self.obs_dim, self.action_dim, self.out_dim = cfg, S, A, D
         if cfg.probabilistic:  # per member (mbrl-lib shares them) so members stay independent
             self.max_logvar = nn.Parameter(torch.full((N, 1, D), 0.5))
             self.min_logvar = nn.Parameter(torch.full((N, 1, D), -10.0))
@@ -246,9 +243,7 @@ class DynamicsEnsemble(nn.Module):
     def forward(self, x: torch.Tensor):
         """Normalised input (N, B, S + A) -> (mean (N, B, D), logvar (N, B, D) or None,
         termination logit (N, B) or None), all in normalised units; member i reads x[i]."""
-        for layer in self.hidden_layers:
-            x = F.relu(layer(x))
-        out = self.head(x)
+        out = super().forward(x)
         D = self.out_dim
         mean, logvar, logit = out[..., :D], None, None
         if self.cfg.probabilistic:

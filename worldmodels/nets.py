@@ -1,6 +1,6 @@
 """Networks shared by the dynamics models: the World Models conv encoder and decoder (Ha and
 Schmidhuber 2018, as PlaNet uses them), MLP variants for vector observations, batched ensemble
-layers (members as a leading dimension), and PlaNet's pixel preprocessing.
+layers and MLPs (members as a leading dimension), and PlaNet's pixel preprocessing.
 
 Pixels are (..., H, W, C) uint8 everywhere outside the networks; the conv nets move channels
 first themselves, so a model's `decode` returns frames in the same layout as its input.
@@ -81,6 +81,31 @@ class EnsembleLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """N independent MLPs as one module, members as the leading dimension: `layers` hidden
+    `EnsembleLinear` layers of width `hidden`, each followed by `act`, then a linear `head`.
+
+    (N, B, in) -> (N, B, out); member i reads x[i] only. Shared by MOReL's dynamics ensemble
+    (`worldmodels.ensemble`, ReLU) and Plan2Explore's latent predictors
+    (`worldmodels.disagreement`, ELU), so that neither runs a Python loop over its members."""
+
+    def __init__(
+        self, in_dim: int, out_dim: int, members: int, hidden: int, layers: int, act=nn.ReLU
+    ):
+        super().__init__()
+        dims = [in_dim] + [hidden] * layers
+        self.hidden_layers = nn.ModuleList(
+            EnsembleLinear(i, o, members) for i, o in zip(dims[:-1], dims[1:], strict=True)
+        )
+        self.head = EnsembleLinear(dims[-1], out_dim, members)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden_layers:
+            x = self.act(layer(x))
+        return self.head(x)
 
 
 class EnsembleLayerNorm(nn.Module):
@@ -284,14 +309,19 @@ def init_(module: nn.Module, init: str) -> nn.Module:
 
 def keras_init_(module: nn.Module) -> nn.Module:
     """Keras' defaults, as danijar's TensorFlow code has them: glorot-uniform weights and zero
-    biases for every linear and conv layer in `module` (in place; returns it). torch's default
-    draws weights from U(+-1/sqrt(fan_in)) (several times smaller for wide layers) and biases
-    from the same range."""
+    biases for every linear, batched-ensemble linear and conv layer in `module` (in place;
+    returns it). torch's default draws weights from U(+-1/sqrt(fan_in)) (several times smaller
+    for wide layers) and biases from the same range."""
     for m in module.modules():
         if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+        elif isinstance(m, EnsembleLinear):  # each member as a Dense layer of (in, out)
+            fan_in, fan_out = m.weight.shape[1:]
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            nn.init.uniform_(m.weight, -bound, bound)
+            nn.init.zeros_(m.bias)
     return module
 
 

@@ -9,6 +9,12 @@ killed at any point and resumed logs what the run that was never stopped logs.
     from wmrl.planners.methods.dreamer import DreamerConfig, train_dreamer
     summary = train_dreamer(DreamerConfig(env="dmc:walker-walk", steps=1_000_000))
 
+Exploration (`explore`, danijar's `expl_behavior` and `expl_until`): after the prefill the task
+actor acts (none, DreamerV2), or uniform random actions do, or Plan2Explore's explorer does
+(`planners/methods/plan2explore.py`), for `explore_steps` env steps (0: the whole budget), and the
+task actor from then on. The task actor-critic learns the extrinsic reward from the replay in
+every case, and evaluation always runs it: its returns while the run explores are zero-shot.
+
 Counts follow danijar's config, in policy steps (env steps / action repeat): prefill,
 train_every, eval_every. The budget `steps` and the step axis of every logged value are env
 steps, as in the paper's plots.
@@ -55,6 +61,7 @@ from wmrl.infra.config import at_least, load_config
 from wmrl.infra.metrics import MeanMetrics, nonfinite_fix
 from wmrl.infra.run import Every, Run
 from wmrl.planners.actor_critic import ActorCritic, ActorCriticConfig, ActorLoss, CriticLoss
+from wmrl.planners.methods.plan2explore import Plan2Explore, Plan2ExploreConfig
 from wmrl.planners.methods.runs import LoadedRun, openloop_frames
 from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
 from wmrl.worldmodels.nets import make_optimizer
@@ -104,11 +111,17 @@ class DreamerConfig:
     model: CategoricalRSSMConfig = field(default_factory=CategoricalRSSMConfig)
     rssm: RSSMConfig = field(default_factory=lambda: RSSMConfig(**DREAMERV1_RSSM))
     ac: ActorCriticConfig = field(default_factory=ActorCriticConfig)
+    explore: Literal["none", "random", "plan2explore"] = "none"  # what acts after the prefill
+    # while the run explores: the task actor (none: DreamerV2), uniform random actions, or
+    # Plan2Explore's explorer (--p2e.*); evaluation always runs the task actor
+    explore_steps: int = 0  # env steps of exploration, then the task actor acts (few-shot);
+    # 0: explore for the whole budget (danijar's expl_until)
+    p2e: Plan2ExploreConfig = field(default_factory=Plan2ExploreConfig)
 
     def __post_init__(self):
         at_least(self, 1, "steps", "num_envs", "train_every", "train_steps", "batch_size",
                  "batch_length", "eval_every", "checkpoint_every", "capacity")  # fmt: skip
-        at_least(self, 0, "prefill", "pretrain", "eval_episodes", "gif_every")
+        at_least(self, 0, "prefill", "pretrain", "eval_episodes", "gif_every", "explore_steps")
 
 
 PRESETS = {
@@ -137,6 +150,8 @@ PRESETS = {
         "model.mlp_layers": 2,
         "ac.units": 64,
         "ac.layers": 2,
+        "p2e.units": 64,
+        "p2e.layers": 2,
     },
     # Every part once at tiny sizes, with pixels (cartpole at repeat 8: 125 policy steps per
     # episode): a prefill episode, a training episode, an evaluation and the open-loop GIF.
@@ -161,6 +176,8 @@ PRESETS = {
         "ac.horizon": 5,
         "ac.layers": 2,
         "ac.units": 32,
+        "p2e.layers": 2,
+        "p2e.units": 32,
     },
 }
 
@@ -230,6 +247,40 @@ def _networks(obs_shape, action_dim: int, cfg: DreamerConfig, device):
     return model, ac
 
 
+def build_plan2explore(cfg: DreamerConfig, model, device, parallel: bool = False):
+    """Plan2Explore's ensemble and explorer for `model` with --explore plan2explore, else None.
+    Built after the model and the task actor-critic, which therefore get the weights they get
+    without it."""
+    if cfg.explore != "plan2explore":
+        return None
+    if parallel:
+        raise ValueError(
+            "--explore plan2explore trains in one process (its ensemble and explorer are not "
+            "data-parallel); run it without torchrun, or use --explore random"
+        )
+    p2e = Plan2Explore(model, model.action_dim, cfg.p2e, cfg.ac).to(device)
+    if cfg.compile:
+        p2e.explorer.compile_steps()
+    return p2e
+
+
+def exploring(cfg: DreamerConfig, env_steps: int) -> bool:
+    """Whether the exploring behaviour acts at `env_steps` (danijar's expl_until): with --explore
+    random or plan2explore, before `explore_steps` env steps (always, when that is 0)."""
+    return cfg.explore != "none" and (cfg.explore_steps == 0 or env_steps < cfg.explore_steps)
+
+
+def exploring_actor(cfg: DreamerConfig, model, p2e, random_actions, device):
+    """What acts while the run explores, (obs (N, ...), is_first (N,)) -> actions (N, A):
+    `random_actions` (uniform, from the replay's generator, which the checkpoint saves) or the
+    explorer's samples; None with --explore none."""
+    if cfg.explore == "random":
+        return lambda obs, is_first: random_actions(obs)
+    if cfg.explore == "plan2explore":
+        return DreamerPolicy(model, p2e.explorer, device, cfg.num_envs).act
+    return None
+
+
 def batch_to_device(batch: dict, device) -> dict:
     """A replay batch (numpy) as tensors on `device`. To CUDA the arrays go through pinned
     memory with non-blocking copies: a pageable copy would wait for the GPU's queued work."""
@@ -248,11 +299,14 @@ def make_update(
     device,
     sync: bool = True,
     wrap=None,
+    p2e: Plan2Explore | None = None,
 ):
     """One DreamerV2 update on a replay batch (numpy): world model, then actor-critic from
-    every posterior state. Returns the merged metrics (`model/...`, `ac/...`): floats with
-    `sync` (a non-finite loss raises before it reaches the weights), else device tensors, and
-    the update never waits for the device; check those with `check_finite` when you sync.
+    every posterior state, then (with `p2e`) Plan2Explore's ensemble and explorer from the
+    same posteriors. Returns the merged metrics (`model/...`, `ac/...`, and the explorer's
+    `ensemble_loss`, `disagreement`, `intrinsic_reward`, `expl/...`): floats with `sync` (a
+    non-finite loss raises before it reaches the weights), else device tensors, and the update
+    never waits for the device; check those with `check_finite` when you sync.
 
     `wrap` (module, device -> module), for data parallelism: `infra.distributed.wrap`, which
     puts the three losses (`ModelLoss`, `ActorLoss`, `CriticLoss`) in DistributedDataParallel,
@@ -269,16 +323,20 @@ def make_update(
         predicts_ends = getattr(model, "discount_head", None) is not None
         terminal = batch["is_terminal"] if predicts_ends else None
         ac_metrics = ac.update(model, post, is_terminal=terminal, sync=sync, objectives=ac_losses)
-        return {
+        metrics = {
             **{f"model/{k}": v for k, v in wm_metrics.items()},
             **{f"ac/{k}": v for k, v in ac_metrics.items()},
         }
+        if p2e is not None:
+            metrics.update(p2e.update(model, post, batch, terminal, sync))
+        return metrics
 
     return update
 
 
 class Learner:
-    """The world model, the actor-critic and the model's optimiser, trained on replay batches.
+    """The world model, the actor-critic and the model's optimiser (and, with --explore
+    plan2explore, `Plan2Explore`'s ensemble and explorer), trained on replay batches.
 
     Updates run without host syncs: their metrics add up on the device (`metrics`) and reach
     the host once per logged episode, where a non-finite update is caught before the checkpoint
@@ -293,11 +351,12 @@ class Learner:
         cfg: DreamerConfig,
         device,
         parallel: bool = False,
+        p2e: Plan2Explore | None = None,
     ):
-        self.model, self.ac, self.cfg = model, ac, cfg
+        self.model, self.ac, self.cfg, self.p2e = model, ac, cfg, p2e
         self.optimizer = make_optimizer(model)
         wrap = distributed.wrap if parallel else None
-        self.update = make_update(model, ac, self.optimizer, device, sync=False, wrap=wrap)
+        self.update = make_update(model, ac, self.optimizer, device, sync=False, wrap=wrap, p2e=p2e)
         self.metrics = MeanMetrics()
 
     def train(self, replay, updates: int, stop=None) -> int:
@@ -315,18 +374,25 @@ class Learner:
         return done
 
     def state_dict(self) -> dict:
-        return {
+        out = {
             "model": self.model.state_dict(),
             "actor_critic": self.ac.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ac_optimizers": self.ac.optimizers_state_dict(),
         }
+        if self.p2e is not None:  # ensemble, explorer, reward norms; their optimisers
+            out["plan2explore"] = self.p2e.state_dict()
+            out["p2e_optimizers"] = self.p2e.optimizers_state_dict()
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.ac.load_state_dict(state["actor_critic"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.ac.load_optimizers_state_dict(state["ac_optimizers"])
+        if self.p2e is not None:
+            self.p2e.load_state_dict(state["plan2explore"])
+            self.p2e.load_optimizers_state_dict(state["p2e_optimizers"])
 
 
 @dataclass
@@ -470,7 +536,8 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
     with Run(cfg, resume, desc="dreamer", parallel=True) as run:
         model, ac, env = build(cfg, run.device)
         run.closing(env)
-        learner = Learner(model, ac, cfg, run.device, parallel=run.world.parallel)
+        p2e = build_plan2explore(cfg, model, run.device, run.world.parallel)
+        learner = Learner(model, ac, cfg, run.device, run.world.parallel, p2e)
         # Env steps, summed over the ranks, per policy step in this rank's replay.
         per_step = env_action_repeat(env) * run.world.size
         state = run.restore(meta(cfg, model), budget=(cfg.steps, "--steps", "env_steps"))
@@ -486,6 +553,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         envs = {"collect": vec, "eval": env}
         explore = random_policy(vec.action_space, rng=rng)  # the prefill's uniform actions
         policy = DreamerPolicy(model, ac, run.device, cfg.num_envs)
+        explore_act = exploring_actor(cfg, model, p2e, explore, run.device)
         eval_policy = DreamerPolicy(model, ac, run.device)
         run.begin(replay.total_steps * per_step, total=cfg.steps)
 
@@ -515,6 +583,9 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
         meter = Throughput(per_step)
         train_return, since_checkpoint, logged = None, 0, replay.total_steps * per_step
         while replay.total_steps * per_step < cfg.steps:
+            # The explorer acts in whole episodes: the replay's count moves as episodes end.
+            explore_now = exploring(cfg, replay.total_steps * per_step)
+            act = explore_act if explore_now else policy.act
             # The updates due after this step run while the envs step (in worker processes
             # when they are async: the updates, which never wait for the device, overlap them).
             taken = collector.stepping
@@ -527,7 +598,7 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
                 learner.train(replay, due)
                 update_s = time.perf_counter() - start
 
-            finished = collector.step(lambda obs: policy.act(obs, collector.is_first), updates)
+            finished = collector.step(lambda obs, act=act: act(obs, collector.is_first), updates)
             meter.add(taken, due, update_s)
             # Several ranks meet at every step: a signal stops them all at one step, and they
             # cannot run out of step unnoticed (a rank's episode ending before the others').
@@ -546,10 +617,13 @@ def train_dreamer(cfg: DreamerConfig, resume: bool = False) -> dict:
             row = episode_row(finished, metrics, learner, replay, meter)
             train_return, logged = row["train/return"], step
             end = step >= cfg.steps
-            if replay.total_steps - done.last_eval >= cfg.eval_every or end:
+            zero_shot = explore_now and not exploring(cfg, step)  # the task actor acts next
+            if replay.total_steps - done.last_eval >= cfg.eval_every or end or zero_shot:
                 if run.main:  # (the rows and checkpoints are rank 0's)
                     done.eval_return = evaluate(env, eval_policy, cfg.eval_episodes)
                 done.last_eval, row["eval/return"] = replay.total_steps, done.eval_return
+            if cfg.explore != "none":
+                row["train/exploring"] = float(explore_now)
             run.log(step, row)
             if (cfg.gif_every and done.episodes % cfg.gif_every < len(finished)) or end:
                 openloop_gif(run, model, replay, cfg, step)
@@ -599,7 +673,8 @@ def fix_nonfinite(run: Run, cfg: DreamerConfig) -> str:
 
 def meta(cfg: DreamerConfig, model: RecurrentStateSpaceModel) -> dict:
     """What a resumed run's checkpoint must match. The kind of world model is None for the
-    categorical one, as checkpoints from before the option hold no kind."""
+    categorical one and the exploration None for none, as checkpoints from before those
+    options hold neither."""
     out = {
         "job": "dreamer",
         "env": cfg.env,
@@ -611,6 +686,7 @@ def meta(cfg: DreamerConfig, model: RecurrentStateSpaceModel) -> dict:
         out.update(classes=cfg.model.classes, world_model=None)
     else:
         out["world_model"] = cfg.world_model
+    out["explore"] = None if cfg.explore == "none" else cfg.explore
     return out
 
 
