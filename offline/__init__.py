@@ -1,7 +1,7 @@
 """Offline RL on Minari datasets: the model-free suite (BC, TD3+BC, CQL, IQL, AWAC, ReBRAC, SAC-N,
 EDAC, SAC-RND, Decision Transformer; one file each, trained by `trainer`), MOReL
-(`offline.morel`), the comparison of runs (`compare`), and dataset generation with its online
-SAC (`offline.datagen`).
+(`offline.morel`), the Trajectory Transformer (`offline.trajectory`), the comparison of runs
+(`compare`), and dataset generation with its online SAC (`offline.datagen`).
 
     from wmrl.offline import ALGORITHMS, OfflineConfig, train_offline
     train_offline(OfflineConfig(algo="iql", dataset="wmrl/hopper-medium-v0", logdir="runs/iql"))

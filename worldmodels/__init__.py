@@ -5,6 +5,7 @@ from wmrl.worldmodels.categorical_rssm import (
     CategoricalRSSMConfig,
     kl_balance_loss,
 )
+from wmrl.worldmodels.disagreement import DisagreementEnsemble
 from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig, usad_threshold
 from wmrl.worldmodels.gpt import GPT
 from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig, WorldModels
@@ -13,6 +14,7 @@ from wmrl.worldmodels.nets import (
     ConvEncoder,
     EnsembleLayerNorm,
     EnsembleLinear,
+    EnsembleMLP,
     LayerNormGRUCell,
     MLPDecoder,
     MLPEncoder,
@@ -23,6 +25,11 @@ from wmrl.worldmodels.nets import (
 )
 from wmrl.worldmodels.protocol import State, WorldModel
 from wmrl.worldmodels.rssm import RSSM, RSSMConfig
+from wmrl.worldmodels.trajectory_transformer import (
+    Discretizer,
+    TrajectoryTransformer,
+    TrajectoryTransformerConfig,
+)
 from wmrl.worldmodels.vae import ConvVAE, VAEConfig
 
 __all__ = [
@@ -43,4 +50,6 @@ __all__ += ["MDNRNN", "ConvVAE", "MDNRNNConfig", "VAEConfig", "WorldModels"]
 __all__ += ["CategoricalRSSM", "CategoricalRSSMConfig", "LayerNormGRUCell", "kl_balance_loss"]
 __all__ += ["DynamicsEnsemble", "EnsembleConfig", "EnsembleLayerNorm", "EnsembleLinear"]
 __all__ += ["usad_threshold"]
+__all__ += ["DisagreementEnsemble", "EnsembleMLP"]  # Plan2Explore's; the batched member MLP
 __all__ += ["GPT"]  # the causal transformer of the sequence models
+__all__ += ["Discretizer", "TrajectoryTransformer", "TrajectoryTransformerConfig"]
