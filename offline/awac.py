@@ -21,7 +21,14 @@ from dataclasses import dataclass
 
 import torch
 
-from wmrl.offline.common import EnsembleCritic, GaussianActor, OfflineAlgorithm, floats, soft_update
+from wmrl.offline.common import (
+    EnsembleCritic,
+    GaussianActor,
+    OfflineAlgorithm,
+    adam,
+    floats,
+    soft_update,
+)
 
 
 @dataclass
@@ -55,8 +62,8 @@ class AWAC(OfflineAlgorithm):
         self.critic = EnsembleCritic(obs_dim, action_dim, 2, cfg.hidden, cfg.layers)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.optimizers = {
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.learning_rate),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.learning_rate),
+            "actor": adam(self.actor.parameters(), lr=cfg.learning_rate),
+            "critic": adam(self.critic.parameters(), lr=cfg.learning_rate),
         }
 
     def critic_loss(self, batch):

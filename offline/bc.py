@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from wmrl.offline.common import DeterministicActor, OfflineAlgorithm, floats
+from wmrl.offline.common import DeterministicActor, OfflineAlgorithm, adam, floats
 
 
 @dataclass
@@ -27,7 +27,7 @@ class BC(OfflineAlgorithm):
     def __init__(self, obs_dim, action_dim, cfg: BCConfig, max_action: float = 1.0):
         super().__init__(obs_dim, action_dim, cfg, max_action)
         self.actor = DeterministicActor(obs_dim, action_dim, cfg.hidden, cfg.layers, max_action)
-        self.optimizers = {"actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)}
+        self.optimizers = {"actor": adam(self.actor.parameters(), lr=cfg.lr)}
 
     def update(self, batch):
         loss = F.mse_loss(self.actor(batch["observations"]), batch["actions"])

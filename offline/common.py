@@ -46,6 +46,7 @@ __all__ = [
     "OfflineAlgorithm",
     "TanhGaussianActor",
     "TransitionBuffer",
+    "adam",
     "best_score",
     "episode_returns",
     "floats",
@@ -85,10 +86,12 @@ class OfflineAlgorithm(nn.Module):
         raise NotImplementedError
 
     def step(self, name: str, loss: torch.Tensor) -> None:
-        """One optimiser step of `self.optimizers[name]` on `loss`."""
+        """One optimiser step of `self.optimizers[name]` on `loss`. The backward pass computes
+        the gradients of that optimiser's parameters only: an actor's loss runs through the
+        critic, whose weight gradients it would otherwise compute and discard."""
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(inputs=[p for group in opt.param_groups for p in group["params"]])
         opt.step()
 
     def save_state(self) -> dict:
@@ -104,6 +107,15 @@ class OfflineAlgorithm(nn.Module):
             raise ValueError(f"{self.name} optimizers differ from the checkpoint's: {missing}")
         for k, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][k])
+
+
+def adam(params, lr: float, **kwargs) -> torch.optim.Adam:
+    """Adam with its fused implementation (one kernel over all parameters, no Python loop over
+    them) where the parameters' device has one (CPU and CUDA); the same update rule as CORL's
+    torch.optim.Adam, to float rounding."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None, **kwargs)
 
 
 @torch.no_grad()
@@ -163,11 +175,20 @@ class TransitionBuffer:
     def __init__(self, capacity: int, obs_dim: int, action_dim: int, device="cpu"):
         self.capacity, self.size, self._next = int(capacity), 0, 0
         dims = {"actions": action_dim, "next_actions": action_dim, "rewards": None, "dones": None}
-        self.data = {}
-        for k in self.keys:
-            d = dims.get(k, obs_dim)
-            shape = (self.capacity,) if d is None else (self.capacity, d)
-            self.data[k] = torch.zeros(shape, dtype=torch.float32, device=device)
+        # Every key is a column block of one (capacity, width) tensor, so that a minibatch is
+        # one gather rather than one per key.
+        widths = [1 if dims.get(k, obs_dim) is None else dims.get(k, obs_dim) for k in self.keys]
+        self._rows = torch.zeros(self.capacity, sum(widths), dtype=torch.float32, device=device)
+        self._columns, start = {}, 0
+        for k, w in zip(self.keys, widths, strict=True):
+            one = dims.get(k, obs_dim) is None
+            self._columns[k] = start if one else slice(start, start + w)
+            start += w
+        self.data = self._split(self._rows)
+
+    def _split(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The keys' views (n, d) or (n,) of rows (n, width)."""
+        return {k: rows[:, c] for k, c in self._columns.items()}
 
     @classmethod
     def from_transitions(cls, t: dict[str, np.ndarray], device="cpu") -> TransitionBuffer:
@@ -200,13 +221,14 @@ class TransitionBuffer:
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
         if self.size == 0:
             raise ValueError("cannot sample from an empty TransitionBuffer")
-        device = self.data["rewards"].device
+        device = self._rows.device
         idx = torch.randint(self.size, (batch_size,), device=device, generator=generator)
-        return {k: v[idx] for k, v in self.data.items()}
+        return self._split(self._rows[idx])
 
     def state_dict(self) -> dict:
         n = self.size
-        return {"data": {k: v[:n].cpu() for k, v in self.data.items()}, "next": self._next}
+        data = {k: v[:n].cpu().contiguous() for k, v in self.data.items()}  # not all the rows
+        return {"data": data, "next": self._next}
 
     def load_state_dict(self, state: dict) -> None:
         n = len(state["data"]["rewards"])
@@ -269,11 +291,24 @@ class EnsembleCritic(nn.Module):
         mods.append(EnsembleLinear(dims[-1], 1, members))
         self.net = nn.Sequential(*mods)
 
-    def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def forward(self, obs: torch.Tensor, action: torch.Tensor, members: int | None = None):
+        """Q of every member (N, B), or with `members` = k of the first k only (k, B): an actor
+        loss that reads Q_1 alone (TD3+BC's) then costs one member's forward and backward."""
         x = torch.cat([obs, action], -1)
+        if members is None:
+            if x.ndim == 2:
+                x = x.expand(self.members, *x.shape)
+            return self.net(x).squeeze(-1)
         if x.ndim == 2:
-            x = x.expand(self.members, *x.shape)
-        return self.net(x).squeeze(-1)
+            x = x.expand(members, *x.shape)
+        for m in self.net:
+            if isinstance(m, EnsembleLinear):
+                x = torch.baddbmm(m.bias[:members], x, m.weight[:members])
+            elif isinstance(m, EnsembleLayerNorm):
+                x = F.layer_norm(x, x.shape[-1:]) * m.weight[:members] + m.bias[:members]
+            else:
+                x = m(x)
+        return x.squeeze(-1)
 
     def member(self, i: int) -> nn.Sequential:
         """Member i as an ordinary nn.Sequential of nn.Linear (a copy), for checking the batched

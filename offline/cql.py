@@ -34,6 +34,7 @@ from wmrl.offline.common import (
     EnsembleLinear,
     OfflineAlgorithm,
     TanhGaussianActor,
+    adam,
     floats,
     soft_update,
     tanh_log_det,
@@ -138,14 +139,14 @@ class CQL(OfflineAlgorithm):
         self.target_entropy = -float(action_dim)
         self.log_alpha = nn.Parameter(torch.zeros(()))
         self.optimizers = {
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.policy_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.qf_lr),
+            "actor": adam(self.actor.parameters(), lr=cfg.policy_lr),
+            "critic": adam(self.critic.parameters(), lr=cfg.qf_lr),
         }
         if cfg.use_automatic_entropy_tuning:
-            self.optimizers["alpha"] = torch.optim.Adam([self.log_alpha], lr=cfg.policy_lr)
+            self.optimizers["alpha"] = adam([self.log_alpha], lr=cfg.policy_lr)
         if cfg.cql_lagrange:
             self.log_alpha_prime = nn.Parameter(torch.ones(()))
-            self.optimizers["alpha_prime"] = torch.optim.Adam([self.log_alpha_prime], lr=cfg.qf_lr)
+            self.optimizers["alpha_prime"] = adam([self.log_alpha_prime], lr=cfg.qf_lr)
 
     def _q_many(self, critic: EnsembleCritic, obs: torch.Tensor, actions: torch.Tensor):
         """Q_i(s, a_k): obs (B, S), actions (B, K, A) -> (N, B, K)."""

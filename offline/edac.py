@@ -24,10 +24,11 @@ class EDACConfig(SACNConfig):
     eta: float = 1.0  # weight of the gradient diversity term
 
 
-def diversity_loss(critic: EnsembleCritic, obs: torch.Tensor, actions: torch.Tensor):
-    """EDAC's ES term (a scalar, differentiable in the critic's parameters) for obs (B, S) and
-    actions (B, A): the pairwise cosine similarities of the N members' action gradients, summed
-    over ordered pairs of distinct members, divided by N - 1, averaged over the batch."""
+def q_and_diversity(critic: EnsembleCritic, obs: torch.Tensor, actions: torch.Tensor):
+    """Q of every member (N, B) at obs (B, S), actions (B, A), and EDAC's ES term (a scalar,
+    differentiable in the critic's parameters): the pairwise cosine similarities of the N
+    members' action gradients, summed over ordered pairs of distinct members, divided by N - 1,
+    averaged over the batch. One forward serves both (CORL runs a second one for ES)."""
     n = critic.members
     obs = obs.expand(n, *obs.shape)
     # one copy of the actions per member, so one backward gives each member its own gradient
@@ -38,15 +39,22 @@ def diversity_loss(critic: EnsembleCritic, obs: torch.Tensor, actions: torch.Ten
     grad = grad.transpose(0, 1)  # (B, N, A)
     cos = grad @ grad.transpose(1, 2)  # (B, N, N)
     off_diagonal = cos.sum((1, 2)) - cos.diagonal(dim1=1, dim2=2).sum(-1)
-    return off_diagonal.mean() / (n - 1)
+    return q, off_diagonal.mean() / (n - 1)
+
+
+def diversity_loss(critic: EnsembleCritic, obs: torch.Tensor, actions: torch.Tensor):
+    """EDAC's ES term alone (`q_and_diversity`)."""
+    return q_and_diversity(critic, obs, actions)[1]
 
 
 class EDAC(SACN):
     name = "edac"
 
     def critic_loss(self, batch, alpha):
-        td_loss, metrics = super().critic_loss(batch, alpha)
-        es = diversity_loss(self.critic, batch["observations"], batch["actions"])
+        target = self.q_target(batch, alpha)
+        q, es = q_and_diversity(self.critic, batch["observations"], batch["actions"])
+        td_loss = ((q - target) ** 2).mean(1).sum()  # SAC-N's, on the same forward
         loss = td_loss + self.cfg.eta * es
-        metrics.update(critic_loss=loss, td_loss=td_loss, diversity_loss=es)
+        metrics = {"critic_loss": loss, "q": q.mean(), "q_std": q.std(0).mean()}
+        metrics.update(td_loss=td_loss, diversity_loss=es)
         return loss, metrics

@@ -30,6 +30,7 @@ from wmrl.offline.common import (
     EnsembleCritic,
     GaussianActor,
     OfflineAlgorithm,
+    adam,
     floats,
     mlp,
     soft_update,
@@ -96,9 +97,9 @@ class IQL(OfflineAlgorithm):
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = mlp(obs_dim, 1, cfg.hidden, cfg.layers)  # V(s): (B, S) -> (B, 1)
         self.optimizers = {
-            "value": torch.optim.Adam(self.value.parameters(), lr=cfg.vf_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.qf_lr),
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
+            "value": adam(self.value.parameters(), lr=cfg.vf_lr),
+            "critic": adam(self.critic.parameters(), lr=cfg.qf_lr),
+            "actor": adam(self.actor.parameters(), lr=cfg.actor_lr),
         }
         self.actor_scheduler = CosineAnnealingLR(self.optimizers["actor"], cfg.max_steps)
 

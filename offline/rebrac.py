@@ -37,6 +37,7 @@ from wmrl.offline.common import (
     EnsembleCritic,
     EnsembleLinear,
     OfflineAlgorithm,
+    adam,
     floats,
     layernorm_after_relu,
     soft_update,
@@ -94,8 +95,8 @@ class ReBRAC(OfflineAlgorithm):
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.optimizers = {
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+            "actor": adam(self.actor.parameters(), lr=cfg.actor_lr),
+            "critic": adam(self.critic.parameters(), lr=cfg.critic_lr),
         }
 
     @torch.no_grad()

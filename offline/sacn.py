@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from wmrl.infra.config import at_least
 from wmrl.offline.common import (
     EnsembleCritic,
     OfflineAlgorithm,
     TanhGaussianActor,
+    adam,
     edac_init,
     floats,
     soft_update,
@@ -43,6 +45,11 @@ class SACNConfig:
     batch_size: int = 256
     normalize_states: bool = False
     normalize_reward: bool = False
+    gauge_every: int = 10  # q_random_std, a diagnostic, on every gauge_every-th update (CORL
+    # computes it on every update and logs one in 100)
+
+    def __post_init__(self):
+        at_least(self, 1, "num_critics", "gauge_every")
 
 
 def soft_q_target(
@@ -74,9 +81,9 @@ class SACN(OfflineAlgorithm):
         self.target_entropy = -float(action_dim)
         self.log_alpha = nn.Parameter(torch.zeros(()))
         self.optimizers = {
-            "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+            "alpha": adam([self.log_alpha], lr=cfg.alpha_lr),
+            "actor": adam(self.actor.parameters(), lr=cfg.actor_lr),
+            "critic": adam(self.critic.parameters(), lr=cfg.critic_lr),
         }
 
     def alpha_loss(self, obs: torch.Tensor) -> torch.Tensor:
@@ -121,14 +128,15 @@ class SACN(OfflineAlgorithm):
         soft_update(self.critic_target, self.critic, self.cfg.tau)
         self.updates += 1
 
-        with torch.no_grad():  # CORL's gauge of ensemble disagreement away from the data
-            m = self.max_action
-            random_a = torch.rand_like(batch["actions"]) * (2 * m) - m
-            q_random_std = self.critic(obs, random_a).std(0).mean()
         metrics.update(critic_metrics)
-        metrics.update(
-            actor_loss=actor_loss, alpha_loss=alpha_loss, alpha=alpha, q_random_std=q_random_std
-        )
+        metrics.update(actor_loss=actor_loss, alpha_loss=alpha_loss, alpha=alpha)
+        if int(self.updates) % self.cfg.gauge_every == 0:
+            # CORL's gauge of ensemble disagreement away from the data: a diagnostic that
+            # costs a forward of every critic, so only every gauge_every updates
+            with torch.no_grad():
+                m = self.max_action
+                random_a = torch.rand_like(batch["actions"]) * (2 * m) - m
+                metrics["q_random_std"] = self.critic(obs, random_a).std(0).mean()
         return floats(metrics)
 
     @torch.no_grad()

@@ -48,6 +48,7 @@ from wmrl.offline.common import (
     EnsembleCritic,
     OfflineAlgorithm,
     TanhGaussianActor,
+    adam,
     edac_init,
     floats,
     layernorm_after_relu,
@@ -183,10 +184,10 @@ class SACRND(OfflineAlgorithm):
         self.target_entropy = -float(action_dim)
         self.log_alpha = nn.Parameter(torch.zeros(()))
         self.optimizers = {
-            "rnd": torch.optim.Adam(self.rnd.predictor.parameters(), lr=cfg.rnd_lr),
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
-            "alpha": torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+            "rnd": adam(self.rnd.predictor.parameters(), lr=cfg.rnd_lr),
+            "actor": adam(self.actor.parameters(), lr=cfg.actor_lr),
+            "alpha": adam([self.log_alpha], lr=cfg.alpha_lr),
+            "critic": adam(self.critic.parameters(), lr=cfg.critic_lr),
         }
 
     def random_actions(self, like: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from wmrl.offline.common import (
     DeterministicActor,
     EnsembleCritic,
     OfflineAlgorithm,
+    adam,
     floats,
     soft_update,
 )
@@ -56,8 +57,8 @@ class TD3BC(OfflineAlgorithm):
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.optimizers = {
-            "actor": torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr),
-            "critic": torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr),
+            "actor": adam(self.actor.parameters(), lr=cfg.actor_lr),
+            "critic": adam(self.critic.parameters(), lr=cfg.critic_lr),
         }
 
     def critic_target_value(self, batch) -> torch.Tensor:
@@ -73,7 +74,7 @@ class TD3BC(OfflineAlgorithm):
 
     def actor_loss(self, batch):
         pi = self.actor(batch["observations"])
-        q = self.critic(batch["observations"], pi)[0]
+        q = self.critic(batch["observations"], pi, members=1)[0]  # Q_1 alone, as CORL
         lmbda = bc_weight(q, self.cfg.alpha)
         bc = F.mse_loss(pi, batch["actions"])
         return -lmbda * q.mean() + bc, {"lambda": lmbda, "bc_loss": bc}

@@ -176,3 +176,71 @@ def test_bc_learns_a_known_policy():
         algo.update({"observations": obs[i], "actions": target[i]})
     err = (algo.act(obs) - target).abs().mean()
     assert err < 0.05, err
+
+
+@pytest.mark.parametrize("layernorm", [False, True])
+def test_critic_first_members_equal_the_full_forward_and_give_no_gradient_to_the_rest(layernorm):
+    torch.manual_seed(0)
+    critic = EnsembleCritic(4, 2, members=3, hidden=16, layers=2, layernorm=layernorm)
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    obs, act = torch.randn(7, 4), torch.randn(7, 2)
+    q1 = critic(obs, act, members=1)
+    assert q1.shape == (1, 7)
+    torch.testing.assert_close(q1, critic(obs, act)[:1], rtol=0, atol=0)
+    q1.sum().backward()
+    w = critic.net[0].weight.grad
+    assert w[0].abs().sum() > 0 and w[1:].abs().sum() == 0
+
+
+def test_a_step_computes_only_its_own_optimizers_gradients():
+    """TD3+BC's actor loss runs through the critic; its step must leave the critic's gradients
+    untouched (None) and give the actor the gradient a full backward gives it."""
+    torch.manual_seed(0)
+    algo = TD3BC(3, 2, TD3BCConfig(hidden=16, policy_freq=1))
+    b = batch()
+    loss, _ = algo.actor_loss(b)
+    expected = torch.autograd.grad(loss, list(algo.actor.parameters()), retain_graph=True)
+    before = [p.detach().clone() for p in algo.actor.parameters()]
+    algo.optimizers["actor"].zero_grad(set_to_none=True)
+    algo.critic.zero_grad(set_to_none=True)
+    algo.step("actor", loss)
+    assert all(p.grad is None for p in algo.critic.parameters())
+    for p, g in zip(algo.actor.parameters(), expected, strict=True):
+        torch.testing.assert_close(p.grad, g)
+    assert any((p != q).any() for p, q in zip(algo.actor.parameters(), before, strict=True))
+
+
+def test_transition_buffer_gathers_every_key_from_the_same_rows_and_saves_only_its_own():
+    n, g = 50, np.random.default_rng(0)
+    t = {
+        "observations": g.normal(size=(n, 3)).astype(np.float32),
+        "actions": g.normal(size=(n, 2)).astype(np.float32),
+        "rewards": g.normal(size=n).astype(np.float32),
+        "next_observations": g.normal(size=(n, 3)).astype(np.float32),
+        "terminals": g.random(n) < 0.1,
+        "timeouts": np.zeros(n, bool),
+    }
+    buf = TransitionBuffer.from_transitions(t)
+    gen = torch.Generator().manual_seed(3)
+    idx = torch.randint(n, (40,), generator=torch.Generator().manual_seed(3))
+    b = buf.sample(40, gen)
+    for key, source in [
+        ("observations", "observations"), ("actions", "actions"), ("rewards", "rewards"),
+        ("next_observations", "next_observations"), ("dones", "terminals"),
+    ]:  # fmt: skip
+        np.testing.assert_array_equal(b[key].numpy(), t[source][idx.numpy()].astype(np.float32))
+    assert b["observations"].shape == (40, 3) and b["rewards"].shape == (40,)
+    # The checkpoint holds `size` rows of each key, not the whole shared tensor.
+    ring = TransitionBuffer(100, 3, 2)
+    obs, act = t["observations"][:5], t["actions"][:5]
+    ring.add(obs, act, t["rewards"][:5], obs, np.zeros(5))
+    state = ring.state_dict()
+    for v in state["data"].values():
+        assert v.shape[0] == 5 and v.is_contiguous()
+        assert v.untyped_storage().nbytes() == v.numel() * 4
+    back = TransitionBuffer(100, 3, 2)
+    back.load_state_dict(state)
+    for k in TransitionBuffer.keys:
+        torch.testing.assert_close(back.data[k][:5], ring.data[k][:5], rtol=0, atol=0)

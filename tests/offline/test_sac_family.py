@@ -304,3 +304,32 @@ def test_update_changes_parameters_and_state_round_trips(name):
     m2 = copy_.update(batch)
     assert m1 == m2
     torch.testing.assert_close(copy_.act(obs), algo.act(obs), rtol=0, atol=0)
+
+
+def test_edac_td_and_diversity_from_one_forward_equal_two_forwards():
+    """EDAC's critic loss reads Q for its TD term from the forward that gives ES: the loss and
+    its gradient must equal SAC-N's TD loss on a fresh forward plus eta times ES."""
+    torch.manual_seed(0)
+    cfg = EDACConfig(num_critics=4, hidden=16, eta=2.0)
+    algo = EDAC(3, 2, cfg)
+    b = make_batch()
+    alpha = torch.tensor(0.3)
+    torch.manual_seed(1)
+    loss, metrics = algo.critic_loss(b, alpha)
+    grads = torch.autograd.grad(loss, list(algo.critic.parameters()))
+    torch.manual_seed(1)
+    target = algo.q_target(b, alpha)
+    td = ((algo.critic(b["observations"], b["actions"]) - target) ** 2).mean(1).sum()
+    es = diversity_loss(algo.critic, b["observations"], b["actions"])
+    torch.testing.assert_close(loss, td + 2.0 * es)
+    torch.testing.assert_close(metrics["td_loss"], td)
+    for g, h in zip(grads, torch.autograd.grad(td + 2.0 * es, list(algo.critic.parameters())),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(g, h)
+
+
+def test_sacn_gauges_q_random_std_every_gauge_every_updates():
+    torch.manual_seed(0)
+    algo = SACN(3, 2, SACNConfig(num_critics=3, hidden=16, gauge_every=3))
+    seen = [("q_random_std" in algo.update(make_batch())) for _ in range(7)]
+    assert seen == [False, False, True, False, False, True, False]
