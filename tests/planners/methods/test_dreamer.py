@@ -13,6 +13,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+from dreamer_helpers import tiny
 
 from wmrl.envs.replay import EpisodeReplay, ReplayRepairWarning
 from wmrl.infra import (
@@ -23,7 +24,6 @@ from wmrl.infra import (
     read_meta,
     read_metrics,
 )
-from wmrl.planners.actor_critic import ActorCriticConfig
 from wmrl.planners.methods.dreamer import (
     PRESETS,
     DreamerConfig,
@@ -36,33 +36,9 @@ from wmrl.planners.methods.dreamer import (
     train_dreamer,
 )
 from wmrl.planners.methods.runs import run_job
-from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
+from wmrl.worldmodels.categorical_rssm import CategoricalRSSM
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def tiny(logdir, **overrides) -> DreamerConfig:
-    """State observations, cartpole at repeat 8 (125 policy steps, 1000 env steps per
-    episode): one prefill episode, then one training episode per 1000 env steps of budget."""
-    cfg = DreamerConfig(
-        env="dmc:cartpole-swingup",
-        obs_type="state",
-        action_repeat=8,
-        logdir=str(logdir),
-        device="cpu",
-        steps=2000,
-        prefill=100,
-        pretrain=2,
-        train_every=50,
-        batch_size=3,
-        batch_length=8,
-        eval_every=10_000,
-        model=CategoricalRSSMConfig(
-            deter=8, hidden=8, stoch=3, classes=4, cnn_depth=4, mlp_layers=1, mlp_units=8
-        ),
-        ac=ActorCriticConfig(horizon=3, layers=1, units=8, slow_target_update=3),
-    )
-    return dataclasses.replace(cfg, **overrides)
 
 
 def test_smoke_run_leaves_a_run_directory(tmp_path):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from dreamer_helpers import MODEL
+from dreamer_helpers import tiny as dreamer_tiny
 
 from wmrl.infra import CheckpointError, load_checkpoint, read_meta, read_metrics
 from wmrl.planners.actor_critic import ActorCriticConfig
@@ -22,37 +24,16 @@ from wmrl.planners.methods.dreamer import (
     train_dreamer,
 )
 from wmrl.planners.methods.plan2explore import Plan2Explore, Plan2ExploreConfig
-from wmrl.worldmodels.categorical_rssm import CategoricalRSSM, CategoricalRSSMConfig
+from wmrl.worldmodels.categorical_rssm import CategoricalRSSM
 
 ROOT = Path(__file__).resolve().parents[3]
 CLOCK = ("train/fps", "train/updates_per_s", "train/update_share")
 P2E = Plan2ExploreConfig(members=3, layers=1, units=8)
-MODEL = CategoricalRSSMConfig(
-    deter=8, hidden=8, stoch=3, classes=4, cnn_depth=4, mlp_layers=1, mlp_units=8
-)
 
 
 def tiny(logdir, **overrides) -> DreamerConfig:
-    """State cartpole at repeat 8 (125 policy steps, 1000 env steps per episode), tiny nets:
-    one prefill episode, then a training episode per 1000 env steps of budget."""
-    cfg = DreamerConfig(
-        env="dmc:cartpole-swingup",
-        obs_type="state",
-        action_repeat=8,
-        logdir=str(logdir),
-        device="cpu",
-        steps=2000,
-        prefill=100,
-        pretrain=2,
-        train_every=50,
-        batch_size=3,
-        batch_length=8,
-        eval_every=10_000,
-        model=MODEL,
-        ac=ActorCriticConfig(horizon=3, layers=1, units=8, slow_target_update=3),
-        p2e=P2E,
-    )
-    return dataclasses.replace(cfg, **overrides)
+    """The DreamerV2 tests' tiny run with Plan2Explore's tiny ensemble (`P2E`)."""
+    return dreamer_tiny(logdir, **{"p2e": P2E, **overrides})
 
 
 def rows_without_clock(run) -> list[dict]:
