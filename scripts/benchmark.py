@@ -10,6 +10,7 @@
     python scripts/benchmark.py --only pmdp      # MOReL pessimistic MDP: model rollout steps/s
     python scripts/benchmark.py --only npg       # MOReL's NPG update; Fisher products two ways
     python scripts/benchmark.py --only controller  # one CMA-ES generation: process pool vs Ray
+    python scripts/benchmark.py --only tt        # Trajectory Transformer beam: KV cache vs none
     python scripts/benchmark.py --json out.json      # also write the figures as JSON
 
 Figures are medians over repeats, printed as a table; nothing here is asserted by tests.
@@ -38,6 +39,7 @@ from wmrl.offline.dt import SequenceBuffer
 from wmrl.offline.morel.pmdp import PessimisticMDP
 from wmrl.offline.morel.train import MemberModel
 from wmrl.offline.trainer import ALGORITHMS, OfflineConfig
+from wmrl.planners.beam import BeamConfig, beam_plan
 from wmrl.planners.cem import CEMConfig, cem_plan
 from wmrl.planners.controller import Evaluator, RolloutSpec, num_params
 from wmrl.planners.methods.dreamer import DreamerConfig, make_update, random_batch, setup_update
@@ -46,6 +48,11 @@ from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
 from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig
 from wmrl.worldmodels.nets import make_optimizer, mlp
 from wmrl.worldmodels.rssm import RSSM
+from wmrl.worldmodels.trajectory_transformer import (
+    Discretizer,
+    TrajectoryTransformer,
+    TrajectoryTransformerConfig,
+)
 from wmrl.worldmodels.vae import ConvVAE
 
 RENDER_TASKS = ("dmc:cartpole-swingup", "dmc:walker-walk", "dmc:cheetah-run")
@@ -390,6 +397,58 @@ def bench_controller(workers: int, population: int, rollouts: int, max_steps: in
     return out
 
 
+class FullPassTT(TrajectoryTransformer):
+    """The Trajectory Transformer without its key/value cache: every sampled token rereads the
+    whole context (the "cache" it passes on is the count of tokens read)."""
+
+    def _extend(self, tokens, cache):
+        return self(tokens)[:, cache or 0 :], tokens.shape[1]
+
+
+def bench_tt(device: str, searches: list[tuple[int, int, int]], repeats: int = 3) -> dict:
+    """Seconds of beam search per real step for Hopper's sizes (S 11, A 3) and the authors'
+    network (random weights), through the key/value cache and with full passes, alternating
+    in one process with the same draws: median wall seconds over `repeats` plans
+    for each (beam width, horizon, context), 2 expansions."""
+    S, A = 11, 3
+    data = np.random.default_rng(0).normal(size=(5000, S + A + 2)).astype(np.float32)
+    out: dict = {"device": device}
+    for width, horizon, context in searches:
+        cfg = TrajectoryTransformerConfig(context=context)
+        torch.manual_seed(0)
+        cached = TrajectoryTransformer(S, A, cfg, Discretizer.fit(data, cfg.bins)).to(device).eval()
+        full = FullPassTT(S, A, cfg, Discretizer.fit(data, cfg.bins)).to(device).eval()
+        full.load_state_dict(cached.state_dict())
+        first = torch.zeros(1, context, dtype=torch.bool)
+        first[:, 0] = True
+        post = cached.observe(torch.randn(1, context, S), torch.rand(1, context, A) * 2 - 1, first)
+        start = {k: v[:, -1] for k, v in post.items()}
+        beam = BeamConfig(horizon=horizon, beam_width=width, expansions=2)
+        times: dict[str, list[float]] = {"cached": [], "full": []}
+        for rep in range(repeats):
+            for name, model in (("cached", cached), ("full", full)):
+                torch.manual_seed(rep)
+                plan = lambda m=model, s=start, b=beam: beam_plan(m, s, b)  # noqa: E731
+                times[name].append(timed(plan, device, 1, warmup=False) / 1e3)
+        key = f"w{width}_h{horizon}_c{context}"
+        out[key] = {name: float(np.median(t)) for name, t in times.items()}
+        out[key]["speedup"] = out[key]["full"] / out[key]["cached"]
+    return out
+
+
+def search_shapes(text: str) -> list[tuple[int, int, int]]:
+    """'8x5x3,16x5x5' -> [(8, 5, 3), (16, 5, 5)]: beam width x horizon x context."""
+    try:
+        shapes = [tuple(int(v) for v in part.split("x")) for part in text.split(",")]
+        if any(len(t) != 3 or min(t) < 1 for t in shapes):
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected WIDTHxHORIZONxCONTEXT[,...] of positive integers, e.g. 8x5x3"
+        ) from None
+    return shapes
+
+
 def batch_shape(text: str) -> tuple[int, int]:
     """ "16x50" -> (16, 50): a batch of B sequences of T steps."""
     try:
@@ -407,9 +466,9 @@ def main(argv=None) -> dict:
     )
     parser.add_argument(
         "--only",
-        default="render,replay,planet,dreamer,offline,ensemble,pmdp,npg",
+        default="render,replay,planet,dreamer,offline,ensemble,pmdp,npg,tt",
         help="comma-separated: render, replay, planet, dreamer, offline, ensemble, pmdp, npg, "
-        "controller (CarRacing and the ray extra; not in the default set)",
+        "tt, controller (CarRacing and the ray extra; not in the default set)",
     )
     parser.add_argument(
         "--render-steps", type=int, default=2000, help="steps per task, fast renderer"
@@ -455,11 +514,14 @@ def main(argv=None) -> dict:
         default=100,
         help="controller: end after this many unrewarded steps (0: never)",
     )
+    parser.add_argument("--tt-searches", type=search_shapes, default=[(8, 5, 3), (16, 5, 5)],
+                        help="tt: beam WIDTHxHORIZONxCONTEXT, comma-separated (the authors': "
+                        "128x15x5; the cpu preset's: 8x5x3)")  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     known = ("render", "replay", "planet", "dreamer", "offline", "ensemble", "pmdp", "npg",
-             "controller")  # fmt: skip
+             "tt", "controller")  # fmt: skip
     unknown = sections - set(known)
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(known)}")
@@ -534,6 +596,17 @@ def main(argv=None) -> dict:
             f"{r['fvp_closed_form_ms']:.0f} ms, double backprop "
             f"{r['fvp_double_backprop_ms']:.0f} ms"
         )
+    if "tt" in sections:
+        r = bench_tt(args.device, args.tt_searches)
+        results["tt"] = r
+        print(f"\nTrajectory Transformer beam search on {r['device']}: seconds per real step "
+              "(Hopper sizes, the authors' network, 2 expansions)")  # fmt: skip
+        header = ("width x horizon x context", "full passes", "cached", "speed-up")
+        print(f"{header[0]:26s} {header[1]:>12s} {header[2]:>8s} {header[3]:>9s}")
+        for w, h, c in args.tt_searches:
+            v = r[f"w{w}_h{h}_c{c}"]
+            print(f"{f'{w} x {h} x {c}':26s} {v['full']:12.2f} {v['cached']:8.2f} "
+                  f"{v['speedup']:8.2f}x")  # fmt: skip
     if "controller" in sections:
         r = bench_controller(args.controller_workers, args.controller_population,
                              args.controller_rollouts, args.controller_max_steps,

@@ -8,6 +8,8 @@ it embeds its tokens, adds timestep or position embeddings, and reads the hidden
     gpt = GPT(dim=128, layers=3, heads=1, attention_dropout=0.1, residual_dropout=0.1)
     h = gpt(x)                        # x (B, T, D) -> h (B, T, D)
     h = gpt(x, padding_mask=pad)      # pad (B, T) bool, True where a token is padding
+    h, cache = gpt.extend(x, key_ok)  # the same outputs, and every block's keys and values
+    h2, cache = gpt.extend(x2, key_ok2, cache)   # then only the new tokens x2 are computed
 
 Pre-LayerNorm blocks (GPT-2's, as minGPT writes them), D = dim, H = heads, D / H per head:
 
@@ -24,6 +26,10 @@ Token t attends to tokens j <= t only (causal), never to padding (`padding_mask`
 caller narrows it further, only where its `attention_mask` allows. A token always attends to
 itself, so that a padding token's row is never empty (its output is meaningless, not NaN); a
 real token's output is unchanged by that, since a token sees no padding unless it is one.
+
+Generation appends tokens one or a few at a time; `extend` reads only the new ones, with the
+keys and values of the earlier ones kept in a cache (B, layers, 2, H, T, D / H), so a sampled
+token costs one token's pass instead of the whole context's.
 
 Initialisation (minGPT's): Linear and Embedding weights N(0, 0.02), biases 0, LayerNorm 1 and 0.
 """
@@ -58,6 +64,17 @@ class CausalSelfAttention(nn.Module):
         )
         return self.out(rearrange(y, "b h t d -> b t (h d)"))
 
+    def extend(self, x: torch.Tensor, allowed: torch.Tensor, past: torch.Tensor | None):
+        """n new tokens x (B, n, D) after the T whose keys and values are `past` (B, 2, H, T,
+        D / H) or None: (output (B, n, D), keys and values of all T + n tokens); `allowed`
+        (B, 1, n, T + n)."""
+        qkv = rearrange(self.qkv(x), "b t (n h d) -> b n h t d", n=3, h=self.heads)
+        kv = qkv[:, 1:] if past is None else torch.cat([past, qkv[:, 1:]], 3)
+        p = self.attention_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(qkv[:, 0], kv[:, 0], kv[:, 1], attn_mask=allowed,
+                                           dropout_p=p)  # fmt: skip
+        return self.out(rearrange(y, "b h t d -> b t (h d)")), kv
+
 
 class Block(nn.Module):
     """One pre-LayerNorm block: attention, then an MLP of width 4D, each a residual branch
@@ -78,6 +95,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.norm1(x), allowed))
         return x + self.mlp(self.norm2(x))
+
+    def extend(self, x: torch.Tensor, allowed: torch.Tensor, past: torch.Tensor | None):
+        """`forward` for n new tokens after cached ones (`CausalSelfAttention.extend`):
+        (output (B, n, D), keys and values of all tokens (B, 2, H, T + n, D / H))."""
+        y, kv = self.attention.extend(self.norm1(x), allowed, past)
+        x = x + self.dropout(y)
+        return x + self.mlp(self.norm2(x)), kv
 
 
 class GPT(nn.Module):
@@ -138,6 +162,35 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, allowed)
         return self.norm(x)
+
+    def extend(
+        self, x: torch.Tensor, key_ok: torch.Tensor, cache: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Read n tokens after the T tokens of `cache`, for generation.
+
+        x (B, n, D): the new tokens' inputs; key_ok (B, T + n) bool: True where a token may be
+        attended to (False at padding, or at tokens no other token reads); cache (B, layers,
+        2, H, T, D / H): the earlier tokens' keys and values, as a previous call returned
+        them, or None (T = 0). Returns (hidden states of the new tokens (B, n, D), the cache
+        of all T + n tokens). Token t attends to the tokens j <= t with key_ok[j], and to
+        itself: `forward`'s pattern when its padding and attention masks only mask keys, and
+        the same outputs (up to rounding) as `forward` over all T + n tokens, at the cost of
+        the n new ones. The cache's rows follow the batch, so beams index it like any state.
+        """
+        T = 0 if cache is None else cache.shape[4]
+        n = x.shape[1]
+        if key_ok.shape != (x.shape[0], T + n):
+            raise ValueError(f"key_ok {tuple(key_ok.shape)} is not (B, T + n) = "
+                             f"({x.shape[0]}, {T + n})")  # fmt: skip
+        keys = torch.arange(T + n, device=x.device)
+        queries = keys[T:, None]
+        allowed = (keys <= queries) & key_ok[:, None, :] | (keys == queries)  # (B, n, T + n)
+        x = self.dropout(x)
+        kvs = []
+        for layer, block in enumerate(self.blocks):
+            x, kv = block.extend(x, allowed[:, None], None if cache is None else cache[:, layer])
+            kvs.append(kv)
+        return self.norm(x), torch.stack(kvs, 1)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -273,6 +273,24 @@ class TrajectoryTransformer(nn.Module):
         """Logits (B, N + 1) of the token after `tokens` (B, L)."""
         return self(tokens)[:, -1]
 
+    def _extend(self, tokens: torch.Tensor, cache: torch.Tensor | None):
+        """`forward` through the GPT's key/value cache: tokens (B, L) as `forward` takes them
+        (left padding allowed), of which the first T were read into `cache` (B, layers, 2,
+        heads, T, width / heads) or none (None) -> (logits (B, L - T, N + 1) of the L - T new
+        tokens, the cache of all L). Equal to forward(tokens)[:, T:] up to rounding."""
+        B, L = tokens.shape
+        D, N = self.transition_dim, self.cfg.bins
+        T = 0 if cache is None else cache.shape[4]
+        dims = torch.arange(L, device=tokens.device) % D
+        pad = tokens < 0
+        position = (torch.arange(L, device=tokens.device) - pad.sum(1, keepdim=True)).clamp(min=0)
+        new, new_dims = tokens[:, T:], dims[T:]
+        ids = torch.where(new == N, D * N, new.clamp(min=0) + new_dims * N)
+        not_value = dims != D - 1
+        x = self.embed(ids) * not_value[T:, None] + self.position[0, position[:, T:]]
+        h, cache = self.gpt.extend(x, ~pad & not_value, cache)
+        return torch.einsum("blw,lvw->blv", h, self.readout[new_dims]), cache
+
     def _draw(self, logits: torch.Tensor, top_k: int | None, cdf: float | None = None):
         """One token (B, 1) among the N bins (never the stop token): the most likely with
         top_k 1, else sampled from the filtered distribution."""
@@ -361,20 +379,23 @@ class TrajectoryTransformer(nn.Module):
 
     # ------------------------------------------------------------------ beam-search steps
     # A beam state is {"tokens": (B, W) context ending at the current state, "pending": (B, p)
-    # tokens of the transition under way}; `planners.beam` calls propose, evaluate, advance.
+    # tokens of the transition under way, optionally "cache": the GPT's keys and values of the
+    # first T of those W + p tokens}; `planners.beam` calls propose, evaluate, advance. Each
+    # sampled token is one token's pass through the cache; only `advance`, whose new context
+    # drops the oldest transition and so moves every position, reads its context afresh.
 
     @torch.no_grad()
     def propose(self, state: State) -> tuple[State, torch.Tensor]:
         """Sample an action token by token (`action_cdf`, `action_top_k`): state (B,) -> (state
         with the action pending, action (B, A) bin midpoints)."""
         S, A = self.obs_dim, self.action_dim
-        pending = state["tokens"][:, :0]
+        pending, cache = state["tokens"][:, :0], state.get("cache")
         for _ in range(A):
-            logits = self._next_logits(torch.cat([state["tokens"], pending], 1))
-            token = self._draw(logits, self.cfg.action_top_k, self.cfg.action_cdf)
+            logits, cache = self._extend(torch.cat([state["tokens"], pending], 1), cache)
+            token = self._draw(logits[:, -1], self.cfg.action_top_k, self.cfg.action_cdf)
             pending = torch.cat([pending, token], 1)
         action = self.discretizer.reconstruct(pending, slice(S, S + A))
-        return {**state, "pending": pending}, action
+        return {**state, "pending": pending, "cache": cache}, action
 
     @torch.no_grad()
     def evaluate(self, state: State) -> tuple[State, torch.Tensor, torch.Tensor]:
@@ -384,24 +405,30 @@ class TrajectoryTransformer(nn.Module):
         r_t (its value is never read), V_t's and s_(t+1)^0's logits at once."""
         S, A, N = self.obs_dim, self.action_dim, self.cfg.bins
         x = torch.cat([state["tokens"], state["pending"]], 1)
-        r_logits = self._next_logits(x)
+        r_logits, cache = self._extend(x, state.get("cache"))
+        r_logits = r_logits[:, -1]
         r_tok = r_logits[:, :N].argmax(-1, keepdim=True)
-        logits = self(torch.cat([x, r_tok, torch.zeros_like(r_tok)], 1))[:, -2:]
+        logits, _ = self._extend(torch.cat([x, r_tok, torch.zeros_like(r_tok)], 1), cache)
+        logits = logits[:, -2:]
         v_tok = logits[:, 0, :N].argmax(-1, keepdim=True)
         r = self.discretizer.expectation(r_logits.softmax(-1), S + A)
         v = self.discretizer.expectation(logits[:, 0].softmax(-1), S + A + 1)
         pending = torch.cat([state["pending"], r_tok, v_tok], 1)
-        return {**state, "pending": pending, "next": logits[:, 1]}, r, v
+        # no cache: `advance` moves every position (and beams need not copy it meanwhile)
+        rest = {key: val for key, val in state.items() if key != "cache"}
+        return {**rest, "pending": pending, "next": logits[:, 1]}, r, v
 
     @torch.no_grad()
     def advance(self, state: State) -> State:
         """Predict the next state token by token (`obs_top_k`) and close the transition: ->
         {"tokens": (B, W) the new context, "cont": 1 - P(stop token at s_(t+1)^0)}."""
-        logits = state["next"]
+        logits, cache = state["next"], None
         cont = 1 - logits.softmax(-1)[:, self.cfg.bins]
         tokens = torch.cat([state["tokens"], state["pending"]], 1)[:, self.transition_dim :]
         for j in range(self.obs_dim):
             if j:
-                logits = self._next_logits(tokens)
+                logits, cache = self._extend(tokens, cache)
+                logits = logits[:, -1]
             tokens = torch.cat([tokens, self._draw(logits, self.cfg.obs_top_k)], 1)
-        return {"tokens": tokens, "cont": cont}
+        out = {"tokens": tokens, "cont": cont}
+        return out if cache is None else {**out, "cache": cache}  # of all tokens but the last

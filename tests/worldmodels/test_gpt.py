@@ -1,5 +1,5 @@
 """The causal GPT: attention against a hand computation, causality, padding on either side,
-a caller's narrower mask, and dropout only in training."""
+a caller's narrower mask, dropout only in training, and the key/value cache of generation."""
 
 import math
 
@@ -79,3 +79,32 @@ def test_dropout_only_in_training():
     assert not torch.equal(gpt(x), gpt(x))
     gpt.eval()
     assert torch.equal(gpt(x), gpt(x))
+
+
+@pytest.mark.parametrize("chunks", [[7], [3, 1, 1, 2], [1] * 7])
+def test_extending_a_cache_gives_the_full_pass_outputs(chunks):
+    """Tokens read in chunks through the cache give what one forward over all of them gives,
+    with left padding and a key no other token may read (token 4), per batch row."""
+    torch.manual_seed(0)
+    gpt = GPT(D, layers=2, heads=2).eval()
+    x = torch.randn(B, 7, D)
+    pad = torch.zeros(B, 7, dtype=torch.bool)
+    pad[1, :2] = True  # row 1 starts with two padding tokens
+    hidden = torch.ones(7, dtype=torch.bool)
+    hidden[4] = False
+    expected = gpt(x, padding_mask=pad, attention_mask=hidden.expand(7, 7))
+    key_ok = ~pad & hidden
+    cache, outs, start = None, [], 0
+    for n in chunks:
+        h, cache = gpt.extend(x[:, start : start + n], key_ok[:, : start + n], cache)
+        outs.append(h)
+        start += n
+    assert cache.shape == (B, 2, 2, 2, 7, D // 2)  # (B, layers, k and v, heads, T, D / H)
+    torch.testing.assert_close(torch.cat(outs, 1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_extend_refuses_a_key_mask_of_the_wrong_length():
+    gpt = GPT(D, layers=1, heads=1).eval()
+    _, cache = gpt.extend(torch.randn(B, 3, D), torch.ones(B, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"key_ok \(2, 4\) is not \(B, T \+ n\) = \(2, 5\)"):
+        gpt.extend(torch.randn(B, 2, D), torch.ones(B, 4, dtype=torch.bool), cache)

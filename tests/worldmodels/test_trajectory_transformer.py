@@ -1,7 +1,8 @@
 """worldmodels.trajectory_transformer: the bins' round trip within half a bin (quantile edges
 against numpy's quantiles), teacher forcing (which logits score which token, the loss against a
 loop, the per-dimension heads, V tokens read by nothing), the protocol's states and CEM through
-them, and a model trained on a toy whose best action is known, found by CEM and beam search."""
+them, the key/value cache of planning against full passes, and a model trained on a toy whose
+best action is known, found by CEM and beam search."""
 
 import numpy as np
 import pytest
@@ -200,6 +201,55 @@ def test_protocol_states_contexts_and_cem_through_them():
         action = planner.act(np.zeros(S, np.float32))
         assert action.shape == (A,) and action.abs().max() <= 1
     assert planner.state["tokens"].shape == (1, W)
+
+
+class NoCache(TrajectoryTransformer):
+    """The same model reading every context afresh: its "cache" is the count of tokens read."""
+
+    def _extend(self, tokens, cache):
+        return self(tokens)[:, cache or 0 :], tokens.shape[1]
+
+
+@pytest.mark.parametrize("chunks", [[2 * D + S], [D, 1, 1, D + S - 2], [1] * (2 * D + S)])
+def test_reading_through_the_cache_equals_the_full_forward(chunks):
+    m = model(seq_len=4, context=3)
+    torch.nn.init.normal_(m.position)  # zeros at the start: a wrong position would not show
+    rng = np.random.default_rng(1)
+    tokens = torch.as_tensor(rng.integers(0, N, (2, 2 * D + S)))
+    tokens[0, :D] = -1  # row 0: a young episode, one transition of left padding
+    tokens[1, D + S] = N  # row 1: a stop token
+    expected = m(tokens)
+    cache, outs, read = None, [], 0
+    for n in chunks:
+        logits, cache = m._extend(tokens[:, : read + n], cache)
+        outs.append(logits)
+        read += n
+    torch.testing.assert_close(torch.cat(outs, 1), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("young", [True, False])
+def test_beam_search_through_the_cache_plans_what_full_passes_plan(young):
+    """The same sampled actions, the same next states and scores, in a context with left
+    padding (young) and a full one."""
+    cfg = {"seq_len": 4, "context": 3}
+    cached, fresh = model(**cfg), NoCache(S, A, small(**cfg), model(**cfg).discretizer).eval()
+    torch.nn.init.normal_(cached.position)
+    fresh.load_state_dict(cached.state_dict())
+    T = 1 if young else 4
+    gen = torch.Generator().manual_seed(2)
+    obs, action = torch.randn(2, T, S, generator=gen), torch.randn(2, T, A, generator=gen)
+    first = torch.zeros(2, T, dtype=torch.bool)
+    first[:, 0] = True
+    post = cached.observe(obs, action, first)
+    state = {k: v[:, -1] for k, v in post.items()}
+    assert (state["tokens"] < 0).any() == young
+    beam = BeamConfig(horizon=3, beam_width=4, expansions=2)
+    torch.manual_seed(3)
+    plan, score = beam_plan(cached, state, beam)
+    torch.manual_seed(3)
+    plan_fresh, score_fresh = beam_plan(fresh, state, beam)
+    torch.testing.assert_close(plan, plan_fresh, rtol=0, atol=0)
+    torch.testing.assert_close(score, score_fresh, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------ a model that learns
