@@ -50,8 +50,8 @@ class DisagreementEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's prediction: x (..., I) -> (N, ..., D) in float32."""
         lead = x.shape[:-1]
-        flat = x.reshape(1, -1, self.in_dim).expand(self.members, -1, -1)
-        return self.net(flat).float().reshape(self.members, *lead, self.out_dim)
+        pred = self.net.shared(x.reshape(-1, self.in_dim))
+        return pred.float().reshape(self.members, *lead, self.out_dim)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None):
         """The summed member losses: sum_i of the mean over rows of -ln N(y; mu_i(x), 1), the NLL
@@ -76,7 +76,29 @@ class DisagreementEnsemble(nn.Module):
     def disagreement(self, x: torch.Tensor) -> torch.Tensor:
         """The members' spread: x (..., I) -> (...), the population standard deviation over
         members of each target dim, averaged over the D dims (danijar's `std(0).mean(-1)`)."""
-        pred = self(x)
-        # By hand: torch's std over the leading dim is several times slower on a CPU.
-        var = (pred - pred.mean(0)).square().mean(0)
-        return var.sqrt().mean(-1)
+        return MemberSpread.apply(self(x))
+
+
+class MemberSpread(torch.autograd.Function):
+    """pred (N, ..., D) -> (...): the mean over D of the population std over the N members,
+    with its gradient in closed form. With c = pred - mean_i pred and s_d = sqrt(mean_i c_d^2),
+
+        d spread / d pred_(i, d) = c_(i, d) / (N D s_d)        (0 where s_d = 0, as c is there)
+
+    one product on the saved c, where autograd's chain through the square, the two means and
+    the square root costs several passes over (N, ..., D): the explorer's reward runs it on
+    every imagined step."""
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor) -> torch.Tensor:
+        centred = pred - pred.mean(0)
+        std = (centred * centred).mean(0).sqrt_()
+        ctx.save_for_backward(centred, std)
+        return std.mean(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        centred, std = ctx.saved_tensors
+        members, dims = centred.shape[0], centred.shape[-1]
+        scale = grad[..., None] / (std.clamp_min(torch.finfo(std.dtype).tiny) * (members * dims))
+        return centred * scale

@@ -82,6 +82,15 @@ class EnsembleLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """The same input for every member: x (B, in) -> (N, B, out), as `forward` on x
+        expanded to (N, B, in), but one (B, in) @ (in, N * out) matmul: the batched matmul
+        would copy the expanded input N times, forward and backward."""
+        members, in_dim, out_dim = self.weight.shape
+        weight = self.weight.transpose(0, 1).reshape(in_dim, members * out_dim)
+        bias = self.bias.transpose(0, 1).reshape(1, members * out_dim)
+        return torch.addmm(bias, x, weight).view(-1, members, out_dim).transpose(0, 1)
+
 
 class EnsembleMLP(nn.Module):
     """N independent MLPs as one module, members as the leading dimension: `layers` hidden
@@ -106,6 +115,15 @@ class EnsembleMLP(nn.Module):
         for layer in self.hidden_layers:
             x = self.act(layer(x))
         return self.head(x)
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Every member on the same input: x (B, in) -> (N, B, out), `forward` of x expanded
+        to (N, B, in) without the expansion (`EnsembleLinear.shared` for the first layer)."""
+        layers = [*self.hidden_layers, self.head]
+        x = layers[0].shared(x)
+        for layer in layers[1:]:
+            x = layer(self.act(x))
+        return x
 
 
 class EnsembleLayerNorm(nn.Module):

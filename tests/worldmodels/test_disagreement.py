@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from wmrl.worldmodels.disagreement import DisagreementEnsemble
+from wmrl.worldmodels.disagreement import DisagreementEnsemble, MemberSpread
 from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
 from wmrl.worldmodels.nets import EnsembleMLP
 
@@ -46,6 +46,57 @@ def test_disagreement_equals_a_loop_over_members():
                 mean = sum(values) / 6
                 dims.append(math.sqrt(sum((v - mean) ** 2 for v in values) / 6))
             assert float(got[b, t]) == pytest.approx(sum(dims) / 4, rel=1e-5)
+
+
+def spread_by_autograd(pred: torch.Tensor) -> torch.Tensor:
+    """The disagreement's formula written plainly, for autograd to differentiate."""
+    return (pred - pred.mean(0)).pow(2).mean(0).sqrt().mean(-1)
+
+
+def test_disagreement_gradient_equals_autograd_of_the_formula():
+    """The closed-form backward of `MemberSpread` against autograd through the plain formula:
+    in float64 on a spread alone (and against finite differences), then through the members
+    to the inputs and every member's weights; members that agree exactly (a zero spread) give
+    a zero gradient, not a NaN."""
+    torch.manual_seed(2)
+    pred = torch.randn(6, 3, 7, 4, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 7, dtype=torch.float64)  # a non-uniform upstream gradient
+    (got,) = torch.autograd.grad((MemberSpread.apply(pred) * weights).sum(), pred)
+    (expect,) = torch.autograd.grad((spread_by_autograd(pred) * weights).sum(), pred)
+    torch.testing.assert_close(got, expect, rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(
+        MemberSpread.apply, (pred[:, :2, :2].detach().requires_grad_(),)
+    )
+
+    ens = DisagreementEnsemble(5, 4, members=6, hidden=16, layers=2)
+    x = torch.randn(3, 7, 5, requires_grad=True)
+    params = [x, *ens.parameters()]
+    got = torch.autograd.grad((ens.disagreement(x) * weights.float()).sum(), params)
+    expect = torch.autograd.grad((spread_by_autograd(ens(x)) * weights.float()).sum(), params)
+    for g, e in zip(got, expect, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+    same = torch.randn(1, 2, 3).expand(4, -1, -1).clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(MemberSpread.apply(same).sum(), same)
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("layers", [0, 1, 3])
+def test_shared_input_equals_the_expanded_batched_forward(layers):
+    """`EnsembleMLP.shared(x)` (one wide matmul for the first layer) against `forward` on x
+    expanded to every member: outputs and the gradients of every weight and of x."""
+    torch.manual_seed(3)
+    net = EnsembleMLP(6, 3, members=4, hidden=8, layers=layers, act=nn.ELU).double()
+    x = torch.randn(9, 6, dtype=torch.float64, requires_grad=True)
+    probe = torch.randn(4, 9, 3, dtype=torch.float64)
+    params = [x, *net.parameters()]
+    got_out = net.shared(x)
+    got = torch.autograd.grad((got_out * probe).sum(), params)
+    expect_out = net(x.expand(4, -1, -1))
+    expect = torch.autograd.grad((expect_out * probe).sum(), params)
+    torch.testing.assert_close(got_out, expect_out, rtol=1e-12, atol=1e-12)
+    for g, e in zip(got, expect, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
 
 
 def test_loss_is_the_sum_over_members_of_their_masked_mean_nll():
