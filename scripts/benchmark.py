@@ -11,6 +11,7 @@
     python scripts/benchmark.py --only npg       # MOReL's NPG update; Fisher products two ways
     python scripts/benchmark.py --only controller  # one CMA-ES generation: process pool vs Ray
     python scripts/benchmark.py --only tt        # Trajectory Transformer beam: KV cache vs none
+    python scripts/benchmark.py --only p2e       # Plan2Explore: update cost, disagreement two ways
     python scripts/benchmark.py --json out.json      # also write the figures as JSON
 
 Figures are medians over repeats, printed as a table; nothing here is asserted by tests.
@@ -34,6 +35,7 @@ from torch.profiler import ProfilerActivity, profile
 from wmrl import envs
 from wmrl.envs.replay import EpisodeReplay
 from wmrl.infra import command
+from wmrl.infra.config import apply_overrides
 from wmrl.offline.common import Normalizer
 from wmrl.offline.dt import SequenceBuffer
 from wmrl.offline.morel.pmdp import PessimisticMDP
@@ -42,7 +44,14 @@ from wmrl.offline.trainer import ALGORITHMS, OfflineConfig
 from wmrl.planners.beam import BeamConfig, beam_plan
 from wmrl.planners.cem import CEMConfig, cem_plan
 from wmrl.planners.controller import Evaluator, RolloutSpec, num_params
-from wmrl.planners.methods.dreamer import DreamerConfig, make_update, random_batch, setup_update
+from wmrl.planners.methods.dreamer import PRESETS as DREAMER_PRESETS
+from wmrl.planners.methods.dreamer import (
+    DreamerConfig,
+    build_plan2explore,
+    make_update,
+    random_batch,
+    setup_update,
+)
 from wmrl.planners.npg import NPG, fisher_operator
 from wmrl.worldmodels.ensemble import DynamicsEnsemble, EnsembleConfig
 from wmrl.worldmodels.mdnrnn import MDNRNN, MDNRNNConfig
@@ -211,6 +220,49 @@ def bench_dreamer(
             out[f"{key}_updates_per_s"] = 1e3 * repeats / in_a_row
             if not compiled:
                 out[f"{key}_ops"] = dispatched_ops(lambda u=update, b=batch: u(b))
+    return out
+
+
+def bench_p2e(device: str, repeats: int) -> dict:
+    """Plan2Explore at the `state-cpu` preset's sizes (cartpole: 5-dim state, 1-dim action;
+    16 x 50 batch, 15 imagined steps, 10 members of 2 x 64): one whole update with `--explore
+    none` and with `plan2explore` (world model, task actor-critic, then the ensemble and the
+    explorer), and the explorer's reward alone, the disagreement forward and backward to its
+    inputs on the 800 x 15 imagined steps, computed two ways: the members as a batched matmul
+    on the input expanded to each member with autograd through the plain std formula (the
+    plain way), and as `DisagreementEnsemble.disagreement` does it (one wide matmul for the
+    first layer, the spread's gradient in closed form)."""
+    out = {"device": device}
+    cfg = apply_overrides(DreamerConfig(), DREAMER_PRESETS["state-cpu"], "preset")
+    B, T = cfg.batch_size, cfg.batch_length
+    batch = random_batch((5,), 1, B, T)
+    for explore in ("none", "plan2explore"):
+        torch.manual_seed(0)
+        run_cfg = dataclasses.replace(cfg, explore=explore)
+        model, ac, optimizer = setup_update((5,), 1, device, run_cfg)
+        p2e = build_plan2explore(run_cfg, model, device)
+        update = make_update(model, ac, optimizer, device, sync=False, p2e=p2e)
+        out[f"update_{explore}_ms"] = timed(lambda u=update: u(batch), device, repeats)
+    out["update_ratio"] = out["update_plan2explore_ms"] / out["update_none_ms"]
+    ensemble = p2e.ensemble
+    for param in ensemble.parameters():
+        param.requires_grad_(False)  # frozen, as while the explorer learns
+    x = torch.randn(B * (T - 1) * cfg.ac.horizon, ensemble.in_dim, device=device)
+    x.requires_grad_(True)
+
+    def plain():
+        expanded = x.expand(ensemble.members, -1, -1)
+        pred = ensemble.net(expanded)
+        spread = (pred - pred.mean(0)).pow(2).mean(0).sqrt().mean(-1)
+        torch.autograd.grad(spread.sum(), x)
+
+    def ours():
+        torch.autograd.grad(ensemble.disagreement(x).sum(), x)
+
+    out["reward_steps"] = x.shape[0]
+    out["disagreement_plain_ms"] = timed(plain, device, repeats)
+    out["disagreement_ms"] = timed(ours, device, repeats)
+    out["disagreement_speedup"] = out["disagreement_plain_ms"] / out["disagreement_ms"]
     return out
 
 
@@ -466,9 +518,9 @@ def main(argv=None) -> dict:
     )
     parser.add_argument(
         "--only",
-        default="render,replay,planet,dreamer,offline,ensemble,pmdp,npg,tt",
+        default="render,replay,planet,dreamer,offline,ensemble,pmdp,npg,tt,p2e",
         help="comma-separated: render, replay, planet, dreamer, offline, ensemble, pmdp, npg, "
-        "tt, controller (CarRacing and the ray extra; not in the default set)",
+        "tt, p2e, controller (CarRacing and the ray extra; not in the default set)",
     )
     parser.add_argument(
         "--render-steps", type=int, default=2000, help="steps per task, fast renderer"
@@ -490,6 +542,8 @@ def main(argv=None) -> dict:
         "--planet-repeats", type=int, default=3, help="timed PlaNet updates/actions"
     )
     parser.add_argument("--dreamer-repeats", type=int, default=3, help="timed DreamerV2 updates")
+    parser.add_argument("--p2e-repeats", type=int, default=3,
+                        help="p2e: timed updates and disagreement passes")  # fmt: skip
     parser.add_argument("--planet-batch", type=batch_shape, default=(50, 50),
                         help="PlaNet's update batch, BxT (the paper's 50x50)")  # fmt: skip
     parser.add_argument("--dreamer-batch", type=batch_shape, default=(16, 50),
@@ -521,7 +575,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     known = ("render", "replay", "planet", "dreamer", "offline", "ensemble", "pmdp", "npg",
-             "tt", "controller")  # fmt: skip
+             "tt", "p2e", "controller")  # fmt: skip
     unknown = sections - set(known)
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(known)}")
@@ -607,6 +661,15 @@ def main(argv=None) -> dict:
             v = r[f"w{w}_h{h}_c{c}"]
             print(f"{f'{w} x {h} x {c}':26s} {v['full']:12.2f} {v['cached']:8.2f} "
                   f"{v['speedup']:8.2f}x")  # fmt: skip
+    if "p2e" in sections:
+        r = bench_p2e(args.device, args.p2e_repeats)
+        results["p2e"] = r
+        print(f"\nPlan2Explore on {r['device']} (state-cpu sizes, 16 x 50 batch): update "
+              f"{r['update_none_ms']:.0f} ms with --explore none, "
+              f"{r['update_plan2explore_ms']:.0f} ms with plan2explore "
+              f"({r['update_ratio']:.2f}x); disagreement on {r['reward_steps']} imagined steps, "
+              f"forward and backward: plain {r['disagreement_plain_ms']:.0f} ms, ours "
+              f"{r['disagreement_ms']:.0f} ms ({r['disagreement_speedup']:.2f}x)")  # fmt: skip
     if "controller" in sections:
         r = bench_controller(args.controller_workers, args.controller_population,
                              args.controller_rollouts, args.controller_max_steps,
