@@ -4,7 +4,7 @@
     python scripts/benchmark.py --only render        # pixel env steps/s, fast vs dm-control default
     python scripts/benchmark.py --only replay        # sampling 16 x 50 frames from a full replay
     python scripts/benchmark.py --only planet --device cuda   # RSSM update and CEM action time
-    python scripts/benchmark.py --only dreamer   # DreamerV2 update, pixels and state
+    python scripts/benchmark.py --only dreamer   # DreamerV2 update: pixels, state, state-cpu sizes
     python scripts/benchmark.py --only offline   # gradient steps/s of each offline algorithm
     python scripts/benchmark.py --only ensemble  # MOReL ensemble: training steps/s, batched vs loop
     python scripts/benchmark.py --only pmdp      # MOReL pessimistic MDP: model rollout steps/s
@@ -204,12 +204,17 @@ def bench_dreamer(
     the training loop's, which never waits for the device: `*_ms` is one update with the device
     synchronised around it, `*_updates_per_s` the rate of `repeats` updates in a row, as in
     training, `*_ops` the operators one eager update dispatches (`dispatched_ops`). With
-    `compile`, also with the per-step functions torch.compile'd."""
+    `compile`, also with the per-step functions torch.compile'd. `state_cpu` is the same update
+    at the `state-cpu` preset's sizes (deter 64, 16 x 16 latents, 2 x 64 MLPs), the one issue
+    #20's CPU runs train."""
     out = {"device": device}
+    small = apply_overrides(DreamerConfig(), DREAMER_PRESETS["state-cpu"], "preset")
+    sizes = (("pixels", (64, 64, 3), DreamerConfig()), ("state", (5,), DreamerConfig()),
+             ("state_cpu", (5,), small))  # fmt: skip
     for suffix, compiled in (("", False), ("_compiled", True))[: 1 + compile]:
-        for name, obs_shape in (("pixels", (64, 64, 3)), ("state", (5,))):
+        for name, obs_shape, base in sizes:
             torch.manual_seed(0)
-            cfg = DreamerConfig(compile=compiled)
+            cfg = dataclasses.replace(base, compile=compiled)
             model, ac, optimizer = setup_update(obs_shape, 1, device, cfg)
             batch = random_batch(obs_shape, 1, *size)
             update = make_update(model, ac, optimizer, device, sync=False)
@@ -613,10 +618,10 @@ def main(argv=None) -> dict:
         B, T = args.dreamer_batch
         print(f"\nDreamerV2 on {r['device']}: update ({B} x {T}, world model + actor-critic)")
         for suffix in ("", "_compiled")[: 1 + args.compile]:
-            for name in ("pixels", "state"):
+            for name in ("pixels", "state", "state_cpu"):
                 key = f"update_{B}x{T}_{name}{suffix}"
                 ops = f"  {r[key + '_ops']:6d} kernel ops" if key + "_ops" in r else ""
-                print(f"{name + suffix:16s} {r[key + '_ms']:8.0f} ms  "
+                print(f"{name + suffix:19s} {r[key + '_ms']:8.0f} ms  "
                       f"{r[key + '_updates_per_s']:7.2f} updates/s{ops}")  # fmt: skip
     if "offline" in sections:
         r = bench_offline(args.device, args.offline_updates)
