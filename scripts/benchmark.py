@@ -195,6 +195,14 @@ def bench_planet(device: str, repeats: int, batch: tuple[int, int] = (50, 50)) -
     return {"device": device, f"update_{B}x{T}_ms": update_ms, "cem_action_ms": cem_ms}
 
 
+def state_cpu_config() -> DreamerConfig:
+    """DreamerV2's config at the `state-cpu` preset's sizes, as `--preset state-cpu` makes it."""
+    return apply_overrides(DreamerConfig(), DREAMER_PRESETS["state-cpu"], "preset")
+
+
+DREAMER_SIZES = ("pixels", "state", "state_cpu")  # bench_dreamer's rows, in order
+
+
 def bench_dreamer(
     device: str, repeats: int, compile: bool = False, size: tuple[int, int] = (16, 50)
 ) -> dict:
@@ -208,13 +216,12 @@ def bench_dreamer(
     at the `state-cpu` preset's sizes (deter 64, 16 x 16 latents, 2 x 64 MLPs), the one issue
     #20's CPU runs train."""
     out = {"device": device}
-    small = apply_overrides(DreamerConfig(), DREAMER_PRESETS["state-cpu"], "preset")
-    sizes = (("pixels", (64, 64, 3), DreamerConfig()), ("state", (5,), DreamerConfig()),
-             ("state_cpu", (5,), small))  # fmt: skip
+    shapes = {"pixels": (64, 64, 3), "state": (5,), "state_cpu": (5,)}
+    bases = {"pixels": DreamerConfig(), "state": DreamerConfig(), "state_cpu": state_cpu_config()}
     for suffix, compiled in (("", False), ("_compiled", True))[: 1 + compile]:
-        for name, obs_shape, base in sizes:
+        for name in DREAMER_SIZES:
             torch.manual_seed(0)
-            cfg = dataclasses.replace(base, compile=compiled)
+            obs_shape, cfg = shapes[name], dataclasses.replace(bases[name], compile=compiled)
             model, ac, optimizer = setup_update(obs_shape, 1, device, cfg)
             batch = random_batch(obs_shape, 1, *size)
             update = make_update(model, ac, optimizer, device, sync=False)
@@ -238,7 +245,7 @@ def bench_p2e(device: str, repeats: int) -> dict:
     plain way), and as `DisagreementEnsemble.disagreement` does it (one wide matmul for the
     first layer, the spread's gradient in closed form)."""
     out = {"device": device}
-    cfg = apply_overrides(DreamerConfig(), DREAMER_PRESETS["state-cpu"], "preset")
+    cfg = state_cpu_config()
     B, T = cfg.batch_size, cfg.batch_length
     batch = random_batch((5,), 1, B, T)
     for explore in ("none", "plan2explore"):
@@ -618,7 +625,7 @@ def main(argv=None) -> dict:
         B, T = args.dreamer_batch
         print(f"\nDreamerV2 on {r['device']}: update ({B} x {T}, world model + actor-critic)")
         for suffix in ("", "_compiled")[: 1 + args.compile]:
-            for name in ("pixels", "state", "state_cpu"):
+            for name in DREAMER_SIZES:
                 key = f"update_{B}x{T}_{name}{suffix}"
                 ops = f"  {r[key + '_ops']:6d} kernel ops" if key + "_ops" in r else ""
                 print(f"{name + suffix:19s} {r[key + '_ms']:8.0f} ms  "
