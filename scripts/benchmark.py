@@ -204,7 +204,11 @@ DREAMER_SIZES = ("pixels", "state", "state_cpu")  # bench_dreamer's rows, in ord
 
 
 def bench_dreamer(
-    device: str, repeats: int, compile: bool = False, size: tuple[int, int] = (16, 50)
+    device: str,
+    repeats: int,
+    compile: bool = False,
+    size: tuple[int, int] = (16, 50),
+    sizes: tuple[str, ...] = DREAMER_SIZES,
 ) -> dict:
     """DreamerV2 at dmc_vision's sizes: one update (world model on a `size` = 16 x 50 batch, then
     the actor-critic imagining 15 steps from all 800 posteriors, both optimiser steps), on 64 x 64
@@ -214,12 +218,12 @@ def bench_dreamer(
     training, `*_ops` the operators one eager update dispatches (`dispatched_ops`). With
     `compile`, also with the per-step functions torch.compile'd. `state_cpu` is the same update
     at the `state-cpu` preset's sizes (deter 64, 16 x 16 latents, 2 x 64 MLPs), the one issue
-    #20's CPU runs train."""
+    #20's CPU runs train. `sizes` picks which of these rows run (`DREAMER_SIZES` order)."""
     out = {"device": device}
     shapes = {"pixels": (64, 64, 3), "state": (5,), "state_cpu": (5,)}
     bases = {"pixels": DreamerConfig(), "state": DreamerConfig(), "state_cpu": state_cpu_config()}
     for suffix, compiled in (("", False), ("_compiled", True))[: 1 + compile]:
-        for name in DREAMER_SIZES:
+        for name in sizes:
             torch.manual_seed(0)
             obs_shape, cfg = shapes[name], dataclasses.replace(bases[name], compile=compiled)
             model, ac, optimizer = setup_update(obs_shape, 1, device, cfg)
@@ -524,6 +528,17 @@ def batch_shape(text: str) -> tuple[int, int]:
     return B, T
 
 
+def dreamer_sizes(text: str) -> tuple[str, ...]:
+    """argparse type for --dreamer-sizes: names from `DREAMER_SIZES`, kept in that order."""
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    unknown = names - set(DREAMER_SIZES)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: choose one or more of {','.join(DREAMER_SIZES)}, comma-separated"
+        )
+    return tuple(n for n in DREAMER_SIZES if n in names)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -560,6 +575,9 @@ def main(argv=None) -> dict:
                         help="PlaNet's update batch, BxT (the paper's 50x50)")  # fmt: skip
     parser.add_argument("--dreamer-batch", type=batch_shape, default=(16, 50),
                         help="DreamerV2's update batch, BxT (dmc_vision's 16x50)")  # fmt: skip
+    parser.add_argument("--dreamer-sizes", type=dreamer_sizes, default=DREAMER_SIZES,
+                        help="dreamer: comma-separated rows to time, of "
+                        f"{','.join(DREAMER_SIZES)} (default: all)")  # fmt: skip
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -620,12 +638,14 @@ def main(argv=None) -> dict:
             f"{r['cem_action_ms']:.1f} ms"
         )
     if "dreamer" in sections:
-        r = bench_dreamer(args.device, args.dreamer_repeats, args.compile, args.dreamer_batch)
+        r = bench_dreamer(
+            args.device, args.dreamer_repeats, args.compile, args.dreamer_batch, args.dreamer_sizes
+        )
         results["dreamer"] = r
         B, T = args.dreamer_batch
         print(f"\nDreamerV2 on {r['device']}: update ({B} x {T}, world model + actor-critic)")
         for suffix in ("", "_compiled")[: 1 + args.compile]:
-            for name in DREAMER_SIZES:
+            for name in args.dreamer_sizes:
                 key = f"update_{B}x{T}_{name}{suffix}"
                 ops = f"  {r[key + '_ops']:6d} kernel ops" if key + "_ops" in r else ""
                 print(f"{name + suffix:19s} {r[key + '_ms']:8.0f} ms  "

@@ -89,6 +89,23 @@ def test_benchmark_counts_the_operators_that_run_kernels():
     assert dispatched_ops(lambda: [a + b for _ in range(5)]) == 5
 
 
+def test_benchmark_dreamer_sizes_keep_the_table_order_and_refuse_unknown_rows():
+    """--dreamer-sizes picks rows of the dreamer section in `DREAMER_SIZES`' order, whatever
+    order they are given in; a name that is not a row is refused with the names to choose from."""
+    import argparse
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from benchmark import dreamer_sizes
+    finally:
+        sys.path.pop(0)
+    assert dreamer_sizes("state_cpu, pixels") == ("pixels", "state_cpu")
+    assert dreamer_sizes("state") == ("state",)
+    for bad in ("state-cpu", "", "pixels,gpu"):
+        with pytest.raises(argparse.ArgumentTypeError, match="pixels,state,state_cpu"):
+            dreamer_sizes(bad)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_ends_the_main_job_with_a_checkpoint_and_one_line(tmp_path, signum):
     """Ctrl-C, or a scheduler's SIGTERM, on train_dreamer.py: the loop saves and the process ends
